@@ -1,0 +1,93 @@
+"""Pure checks and scores for rankings (no Django import)."""
+
+from collections.abc import Iterable, Mapping
+
+
+def ranking_problems(
+    entries: list[dict],
+    *,
+    shown: list[int],
+    allow_ties: bool,
+    flags: Iterable[str],
+    rating_range: tuple[int, int] = (1, 7),
+    rating_required: bool = True,
+) -> list[str]:
+    """Return every problem with a submitted ranking (an empty list when it is valid).
+
+    ``entries``: [{"completion": id, "rank": int, "rating": int, "flags": [str]}];
+    ``shown``: the completion ids the annotator was shown. Rank 1 is best; equal ranks
+    are a tie and must be dense (1, 1, 2, not 1, 1, 3).
+    """
+    problems: list[str] = []
+    if not isinstance(entries, list) or not entries:
+        return ["the ranking is empty: rank every response"]
+    known_flags = set(flags)
+    k = len(shown)
+    seen: set = set()
+    ranks: list[int] = []
+    for position, entry in enumerate(entries, start=1):
+        if not isinstance(entry, dict):
+            problems.append(f"entry {position} is not an object")
+            continue
+        completion = entry.get("completion")
+        if completion not in shown:
+            problems.append(f"response {completion!r} was not shown in this task")
+            continue
+        if completion in seen:
+            problems.append(f"response {completion} is ranked more than once")
+            continue
+        seen.add(completion)
+        rank = entry.get("rank")
+        if isinstance(rank, bool) or not isinstance(rank, int) or not 1 <= rank <= k:
+            problems.append(f"response {completion}: rank must be a whole number from 1 to {k}")
+        else:
+            ranks.append(rank)
+        rating = entry.get("rating")
+        low, high = rating_range
+        if rating is None:
+            if rating_required:
+                problems.append(f"response {completion}: give a rating from {low} to {high}")
+        elif isinstance(rating, bool) or not isinstance(rating, int) or not low <= rating <= high:
+            problems.append(f"response {completion}: rating must be from {low} to {high}")
+        entry_flags = entry.get("flags", [])
+        if not isinstance(entry_flags, list) or not all(isinstance(f, str) for f in entry_flags):
+            problems.append(f"response {completion}: flags must be a list of names")
+        else:
+            unknown = sorted(set(entry_flags) - known_flags)
+            if unknown:
+                problems.append(f"response {completion}: unknown flag(s) {', '.join(unknown)}")
+    missing = [c for c in shown if c not in seen]
+    if missing:
+        problems.append(
+            "every response needs a rank; missing: " + ", ".join(str(c) for c in missing)
+        )
+    if not problems:
+        distinct = sorted(set(ranks))
+        if not allow_ties and len(distinct) != len(ranks):
+            problems.append("ties are not allowed in this project: give each response its own rank")
+        elif distinct != list(range(1, len(distinct) + 1)):
+            problems.append(
+                "ranks must be consecutive from 1 (tied responses share a rank: 1, 1, 2)"
+            )
+    return problems
+
+
+def pairwise_preferences(ranks: Mapping[int, int]) -> set[tuple[int, int]]:
+    """Return the (better, worse) pairs a ranking states; ties state no pair."""
+    items = list(ranks.items())
+    pairs = set()
+    for i, (a, rank_a) in enumerate(items):
+        for b, rank_b in items[i + 1 :]:
+            if rank_a < rank_b:
+                pairs.add((a, b))
+            elif rank_b < rank_a:
+                pairs.add((b, a))
+    return pairs
+
+
+def gold_score(given: Mapping[int, int], expected: Mapping[int, int]) -> float:
+    """Return the share of the expected ranking's pairs the given ranking orders the same."""
+    expected_pairs = pairwise_preferences(expected)
+    if not expected_pairs:
+        return 1.0
+    return len(expected_pairs & pairwise_preferences(given)) / len(expected_pairs)

@@ -1,0 +1,104 @@
+"""Read-side queries with membership scoping baked in: a caller cannot forget the check."""
+
+from django.core.exceptions import PermissionDenied
+from django.db.models import Count, Q, QuerySet
+from django.http import Http404
+
+from labeling.models import Annotation, Assignment, Membership, Project, Role, Task
+
+LEAD_ROLES = (Role.LEAD,)
+DATA_ROLES = (Role.LEAD, Role.ENGINEER)
+
+
+def membership_get(*, user, project_id, roles=None) -> Membership:
+    """Return the caller's membership in a project (with the project loaded).
+
+    Raise Http404 for a user outside the project and PermissionDenied for a member
+    whose role is not in ``roles``. Staff act as leads everywhere.
+    """
+    if not user.is_authenticated:
+        raise Http404
+    try:
+        project_id = int(project_id)
+    except (TypeError, ValueError):
+        raise Http404 from None
+    membership = (
+        Membership.objects.select_related("project")
+        .filter(user=user, project_id=project_id)
+        .first()
+    )
+    if membership is None:
+        if not user.is_staff:
+            raise Http404
+        project = Project.objects.filter(pk=project_id).first()
+        if project is None:
+            raise Http404
+        membership = Membership(user=user, project=project, role=Role.LEAD)
+    if roles is not None and membership.role not in roles:
+        raise PermissionDenied
+    return membership
+
+
+def project_list_for_user(*, user) -> QuerySet[Project]:
+    """Return the projects the user belongs to (all of them for staff)."""
+    projects = Project.objects.all()
+    if not user.is_staff:
+        projects = projects.filter(memberships__user=user)
+    return projects.order_by("-id")
+
+
+def user_can_create_projects(*, user) -> bool:
+    """Return whether the user may create projects: staff and leads of any project."""
+    return user.is_staff or Membership.objects.filter(user=user, role=Role.LEAD).exists()
+
+
+def project_progress(*, project) -> dict:
+    """Return task counts per kind: total, complete, open, and the annotations done."""
+    rows = (
+        Task.objects.filter(project=project, is_gold=False)
+        .values("kind")
+        .annotate(
+            total=Count("id"),
+            complete=Count("id", filter=Q(status=Task.Status.COMPLETE)),
+        )
+    )
+    progress = {row["kind"]: {**row, "open": row["total"] - row["complete"]} for row in rows}
+    return progress
+
+
+def annotator_counts(*, project, user) -> dict:
+    """Return the number of tasks the annotator has submitted in the project, per kind."""
+    rows = (
+        Annotation.objects.filter(project=project, annotator=user)
+        .values("kind")
+        .annotate(n=Count("id"))
+    )
+    return {row["kind"]: row["n"] for row in rows}
+
+
+def assignment_get_for_annotator(*, user, assignment_id) -> Assignment:
+    """Return the caller's own assignment with its task, project and prompt, or 404."""
+    assignment = (
+        Assignment.objects.select_related("task", "task__prompt", "project")
+        .filter(pk=assignment_id, annotator=user)
+        .first()
+    )
+    if assignment is None:
+        raise Http404
+    return assignment
+
+
+def annotations_for_project(*, project, kind=None, since=None, until=None) -> QuerySet:
+    """Return a project's annotations, newest first, ready for listing."""
+    annotations = (
+        Annotation.objects.filter(project=project)
+        .select_related("annotator", "assignment")
+        .order_by("-id")
+    )
+    if kind:
+        annotations = annotations.filter(kind=kind)
+    if since:
+        annotations = annotations.filter(created_at__gte=since)
+    if until:
+        annotations = annotations.filter(created_at__lt=until)
+    return annotations

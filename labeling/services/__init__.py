@@ -1,0 +1,1 @@
+"""Verbs that change labeling state. Views, the API, commands and tasks call these."""

@@ -1,0 +1,1 @@
+"""modelhub tables: the model registry and generation jobs (built in a later issue)."""

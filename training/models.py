@@ -1,0 +1,1 @@
+"""training tables: dataset snapshots and training runs (built in a later issue)."""
