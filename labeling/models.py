@@ -232,10 +232,16 @@ class Task(models.Model):
             ),
         ]
         indexes = [
-            # The queue: open tasks of a project in priority order.
+            # The queue: open tasks of a project in priority order, walked in index
+            # order so the claim stops at the first free task (with and without a kind).
+            models.Index(
+                fields=["project", "-priority", "id"],
+                name="task_queue_idx",
+                condition=Q(status="open", is_gold=False),
+            ),
             models.Index(
                 fields=["project", "kind", "-priority", "id"],
-                name="task_queue_idx",
+                name="task_queue_kind_idx",
                 condition=Q(status="open", is_gold=False),
             ),
             models.Index(fields=["project", "is_gold"], name="task_gold_idx",

@@ -19,13 +19,15 @@ def leases_expire(*, project_id=None, now=None) -> int:
     decremented in task-id order, so concurrent sweepers never deadlock or count twice.
     """
     now = now or timezone.now()
+    expired = Assignment.objects.filter(state=Assignment.State.ACTIVE, expires_at__lte=now)
+    if project_id is not None:
+        expired = expired.filter(project_id=project_id)
+    # The common case on the next-task path: nothing expired, one indexed query.
+    if not expired.exists():
+        return 0
     with transaction.atomic():
-        expired = Assignment.objects.select_for_update(skip_locked=True).filter(
-            state=Assignment.State.ACTIVE, expires_at__lte=now
-        )
-        if project_id is not None:
-            expired = expired.filter(project_id=project_id)
-        rows = list(expired.values_list("id", "task_id")[:LEASE_SWEEP_BATCH])
+        locked = expired.select_for_update(skip_locked=True)
+        rows = list(locked.values_list("id", "task_id")[:LEASE_SWEEP_BATCH])
         if not rows:
             return 0
         Assignment.objects.filter(id__in=[r[0] for r in rows]).update(

@@ -89,7 +89,7 @@ def annotation_submit(
     try:
         with transaction.atomic():
             locked = (
-                Assignment.objects.select_for_update()
+                Assignment.objects.select_for_update(of=("self",))
                 .select_related("annotator")
                 .get(pk=assignment.pk)
             )
@@ -101,7 +101,7 @@ def annotation_submit(
             if locked.state == Assignment.State.SKIPPED:
                 raise SubmissionConflict("this assignment was skipped")
             task = (
-                Task.objects.select_for_update()
+                Task.objects.select_for_update(of=("self",))
                 .select_related("project", "prompt")
                 .get(pk=locked.task_id)
             )
