@@ -6,13 +6,13 @@ from labeling.services.assignment import leases_expire
 from labeling.services.importing import prompt_import_run
 
 
-@shared_task(name="labeling.prompt_import", queue="default", time_limit=3600,
+@shared_task(name="labeling.prompt_import", time_limit=3600,
              soft_time_limit=3500)
 def prompt_import_task(prompt_import_id: int) -> None:
     prompt_import_run(prompt_import_id=prompt_import_id)
 
 
-@shared_task(name="labeling.expire_leases", queue="default", time_limit=120)
+@shared_task(name="labeling.expire_leases", time_limit=120)
 def expire_leases_task() -> int:
     total = 0
     while (expired := leases_expire()) > 0:
