@@ -494,8 +494,10 @@ class GoldInput(serializers.Serializer):
 class TaskGoldApi(APIView):
     """Mark a rank task as gold with its expected ranking (leads), or unmark it (null)."""
 
-    @extend_schema(request=GoldInput,
-                   responses=inline_serializer("GoldOutput", {"is_gold": serializers.BooleanField()}))
+    @extend_schema(
+        request=GoldInput,
+        responses=inline_serializer("GoldOutput", {"is_gold": serializers.BooleanField()}),
+    )
     def post(self, request, task_id):
         task = Task.objects.filter(pk=task_id).first()
         if task is None:

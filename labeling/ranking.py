@@ -15,16 +15,18 @@ def ranking_problems(
     """Return every problem with a submitted ranking (an empty list when it is valid).
 
     ``entries``: [{"completion": id, "rank": int, "rating": int, "flags": [str]}];
-    ``shown``: the completion ids the annotator was shown. Rank 1 is best; equal ranks
-    are a tie and must be dense (1, 1, 2, not 1, 1, 3).
+    ``shown``: the completion ids in the order the annotator saw them, named A, B, C...
+    in messages. Rank 1 is best; equal ranks are a tie and must be dense (1, 1, 2).
     """
     problems: list[str] = []
+    names = {cid: f"{chr(ord('A') + i)} (id {cid})" for i, cid in enumerate(shown)}
     if not isinstance(entries, list) or not entries:
         return ["the ranking is empty: rank every response"]
     known_flags = set(flags)
     k = len(shown)
     seen: set = set()
     ranks: list[int] = []
+    unranked: list[str] = []
     for position, entry in enumerate(entries, start=1):
         if not isinstance(entry, dict):
             problems.append(f"entry {position} is not an object")
@@ -34,33 +36,34 @@ def ranking_problems(
             problems.append(f"response {completion!r} was not shown in this task")
             continue
         if completion in seen:
-            problems.append(f"response {completion} is ranked more than once")
+            problems.append(f"response {names[completion]} is ranked more than once")
             continue
         seen.add(completion)
+        name = names[completion]
         rank = entry.get("rank")
-        if isinstance(rank, bool) or not isinstance(rank, int) or not 1 <= rank <= k:
-            problems.append(f"response {completion}: rank must be a whole number from 1 to {k}")
+        if rank is None:
+            unranked.append(name)
+        elif isinstance(rank, bool) or not isinstance(rank, int) or not 1 <= rank <= k:
+            problems.append(f"response {name}: rank must be a whole number from 1 to {k}")
         else:
             ranks.append(rank)
         rating = entry.get("rating")
         low, high = rating_range
         if rating is None:
             if rating_required:
-                problems.append(f"response {completion}: give a rating from {low} to {high}")
+                problems.append(f"response {name}: give a rating from {low} to {high}")
         elif isinstance(rating, bool) or not isinstance(rating, int) or not low <= rating <= high:
-            problems.append(f"response {completion}: rating must be from {low} to {high}")
+            problems.append(f"response {name}: rating must be from {low} to {high}")
         entry_flags = entry.get("flags", [])
         if not isinstance(entry_flags, list) or not all(isinstance(f, str) for f in entry_flags):
-            problems.append(f"response {completion}: flags must be a list of names")
+            problems.append(f"response {name}: flags must be a list of names")
         else:
             unknown = sorted(set(entry_flags) - known_flags)
             if unknown:
-                problems.append(f"response {completion}: unknown flag(s) {', '.join(unknown)}")
-    missing = [c for c in shown if c not in seen]
-    if missing:
-        problems.append(
-            "every response needs a rank; missing: " + ", ".join(str(c) for c in missing)
-        )
+                problems.append(f"response {name}: unknown flag(s) {', '.join(unknown)}")
+    unranked += [names[c] for c in shown if c not in seen]
+    if unranked:
+        problems.insert(0, "every response needs a rank; missing: " + ", ".join(unranked))
     if not problems:
         distinct = sorted(set(ranks))
         if not allow_ties and len(distinct) != len(ranks):

@@ -9,6 +9,6 @@ DEBUG = True
 # A development key, never used with DEBUG off (production.py refuses it).
 SECRET_KEY = env("DJANGO_SECRET_KEY") or "laoshi-local-development-key-not-for-production"
 VAR_DIR.mkdir(parents=True, exist_ok=True)
-for _folder in ("out", "processed"):
+for _folder in ("out", "processed", "control"):
     (VAR_DIR / "celery" / _folder).mkdir(parents=True, exist_ok=True)
 ALLOWED_HOSTS = [*ALLOWED_HOSTS, "testserver"]  # noqa: F405

@@ -28,7 +28,8 @@
     }
   }
 
-  function initDrafts(form) {
+  /* A skipped task never comes back to this annotator, so its draft goes too. */
+  function initDrafts(form, skipForm) {
     var local = storage("localStorage");
     form.querySelectorAll(".js-draft").forEach(function (area) {
       var key = DRAFT_PREFIX + area.dataset.draftKey;
@@ -41,14 +42,16 @@
         if (local) local.setItem(key, area.value);
       });
     });
-    form.addEventListener("submit", function () {
+    var forget = function () {
       var session = storage("sessionStorage");
       if (!session) return;
       var keys = Array.prototype.map.call(form.querySelectorAll(".js-draft"), function (a) {
         return a.dataset.draftKey;
       });
       session.setItem(PENDING_CLEAR, JSON.stringify({assignment: form.dataset.assignment, keys: keys}));
-    });
+    };
+    form.addEventListener("submit", forget);
+    if (skipForm) skipForm.addEventListener("submit", forget);
   }
 
   function initCounters(form) {
@@ -106,6 +109,12 @@
       } else if (event.key === "ArrowUp" || event.key === "ArrowLeft") {
         event.preventDefault();
         all[Math.max(index - 1, 0)].focus();
+      } else if (event.shiftKey && /^Digit[1-7]$/.test(event.code) && !event.ctrlKey &&
+                 !event.metaKey && !event.altKey) {
+        /* Shift+1..7: the quality rating of the focused response (focus stays). */
+        event.preventDefault();
+        var rating = card.querySelector(".rating-select");
+        if (rating) rating.value = event.code.slice(-1);
       } else if (/^[1-9]$/.test(event.key) && !event.ctrlKey && !event.metaKey && !event.altKey) {
         var rank = Number(event.key);
         if (rank > config.k) return;
@@ -123,8 +132,10 @@
         handle: ".response-head",
         filter: "select, option, label",
         preventOnFilter: false,
-        onEnd: function () {
+        onEnd: function (event) {
           cards(form).forEach(function (card, i) { selectFor(card).value = String(i + 1); showRank(card); });
+          /* keep the keyboard going from the card just dropped */
+          if (event.item) event.item.focus({preventScroll: true});
         }
       });
     }
@@ -134,11 +145,7 @@
 
   /* --- submit from the keyboard; time spent --- */
   function initSubmitKeys(form) {
-    var started = Date.now();
-    var spent = form.querySelector(".js-time-spent");
-    form.addEventListener("submit", function () {
-      if (spent) spent.value = String(Date.now() - started);
-    });
+    form.dataset.started = String(Date.now());
     form.addEventListener("keydown", function (event) {
       if (event.key !== "Enter" || event.isComposing) return;
       var tag = event.target.tagName;
@@ -156,7 +163,7 @@
     form.dataset.ready = "1";
     var config = readConfig(root) || {};
     clearSubmittedDrafts(form.dataset.assignment);
-    initDrafts(form);
+    initDrafts(form, root.querySelector(".skip-form"));
     initCounters(form);
     initSubmitKeys(form);
     if (form.classList.contains("kind-rank")) initRanking(form, config);
@@ -171,6 +178,16 @@
     if (panel && !panel.querySelector("#task-form")) clearSubmittedDrafts("none");
   }
 
+  /* Capture phase on the document: runs before htmx's own submit listener on the form,
+     which reads the form's values at once. */
+  function recordTimeSpent(event) {
+    var form = event.target;
+    if (!form || form.id !== "task-form" || !form.dataset.started) return;
+    var spent = form.querySelector(".js-time-spent");
+    if (spent) spent.value = String(Date.now() - Number(form.dataset.started));
+  }
+
+  document.addEventListener("submit", recordTimeSpent, true);
   document.addEventListener("DOMContentLoaded", initPage);
   document.addEventListener("htmx:afterSwap", function (event) {
     var target = event.detail && event.detail.target;

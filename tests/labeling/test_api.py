@@ -78,8 +78,10 @@ def test_annotators_get_403_on_lead_and_engineer_endpoints(project, rank_tasks, 
 
 def test_a_lead_adds_members_creating_accounts(project, api, alice):
     url = f"/api/v1/projects/{project.pk}/members/"
-    created = post_json(api(alice), url,
-                        {"username": "frank", "password": "a-long-enough-pass", "role": "annotator"})
+    created = post_json(
+        api(alice), url,
+        {"username": "frank", "password": "a-long-enough-pass", "role": "annotator"},
+    )
     assert created.status_code == 201 and created.json()["created_account"] is True
     again = post_json(api(alice), url, {"username": "frank", "role": "engineer"})
     assert again.status_code == 200

@@ -132,10 +132,10 @@ def test_it_splits_by_user_so_no_user_straddles_splits(project):
 
 def test_it_imports_csv_with_json_and_numbered_completion_columns(project):
     data = (
-        "prompt,category,user_id,metadata,completion_1,model_1,completion_2,model_2\n"
-        'Translate "cat",rewrite,u1,"{""src"": ""csv""}",chat,m1,gato,m2\n'
-        '"A prompt\nover two lines",other,u2,,,,,\n'
-    ).encode()
+        b"prompt,category,user_id,metadata,completion_1,model_1,completion_2,model_2\n"
+        b'Translate "cat",rewrite,u1,"{""src"": ""csv""}",chat,m1,gato,m2\n'
+        b'"A prompt\nover two lines",other,u2,,,,,\n'
+    )
     report = run(project, data, name="prompts.csv")
     assert report.imported and report.added == 2, report.errors
     rank = Task.objects.get(kind=Task.Kind.RANK)

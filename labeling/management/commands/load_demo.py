@@ -63,7 +63,7 @@ class Command(BaseCommand):
         else:
             project = existing
             self.stdout.write(f"Demo project already present: {project.name}")
-        self.stdout.write("Demo accounts (password for all: %s)" % password)
+        self.stdout.write(f"Demo accounts (password for all: {password})")
         for username, role in ACCOUNTS:
             self.stdout.write(f"  {username:<11} {role}")
 

@@ -23,7 +23,7 @@ class Command(BaseCommand):
 
     def handle(self, *args, **options):
         var = Path(settings.VAR_DIR)
-        for folder in ("out", "processed"):
+        for folder in ("out", "processed", "control"):
             (var / "celery" / folder).mkdir(parents=True, exist_ok=True)
         worker = subprocess.Popen(
             [
