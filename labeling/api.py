@@ -15,7 +15,8 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from labeling import selectors
-from labeling.models import Annotation, Project, Role, Task, TaskCompletion
+from labeling.models import Annotation, Project, Role, Task
+from labeling.selectors import completion_texts
 from labeling.services import assignment as assignment_services
 from labeling.services import importing
 from labeling.services import project as project_services
@@ -305,11 +306,7 @@ def assignment_payload(assignment) -> dict:
     prompt = task.prompt
     completions = []
     if assignment.display_order:
-        texts = dict(
-            TaskCompletion.objects.filter(
-                task_id=task.pk, completion_id__in=assignment.display_order
-            ).values_list("completion_id", "completion__text")
-        )
+        texts = completion_texts(assignment)
         completions = [{"id": cid, "text": texts[cid]} for cid in assignment.display_order]
     project = assignment.project
     return {

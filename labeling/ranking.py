@@ -3,6 +3,20 @@
 from collections.abc import Iterable, Mapping
 
 
+def gettext_noop(message: str) -> str:
+    """Mark a message for translation (picked up by makemessages) without translating it."""
+    return message
+
+
+class Problem(str):
+    """One problem with a ranking: English text, plus its template and values for l10n."""
+
+    def __new__(cls, template: str, **params):
+        problem = super().__new__(cls, template % params)
+        problem.template, problem.params = template, params
+        return problem
+
+
 def ranking_problems(
     entries: list[dict],
     *,
@@ -11,17 +25,17 @@ def ranking_problems(
     flags: Iterable[str],
     rating_range: tuple[int, int] = (1, 7),
     rating_required: bool = True,
-) -> list[str]:
+) -> list["Problem"]:
     """Return every problem with a submitted ranking (an empty list when it is valid).
 
     ``entries``: [{"completion": id, "rank": int, "rating": int, "flags": [str]}];
     ``shown``: the completion ids in the order the annotator saw them, named A, B, C...
     in messages. Rank 1 is best; equal ranks are a tie and must be dense (1, 1, 2).
     """
-    problems: list[str] = []
+    problems: list[Problem] = []
     names = {cid: f"{chr(ord('A') + i)} (id {cid})" for i, cid in enumerate(shown)}
     if not isinstance(entries, list) or not entries:
-        return ["the ranking is empty: rank every response"]
+        return [Problem(gettext_noop("the ranking is empty: rank every response"))]
     known_flags = set(flags)
     k = len(shown)
     seen: set = set()
@@ -29,14 +43,21 @@ def ranking_problems(
     unranked: list[str] = []
     for position, entry in enumerate(entries, start=1):
         if not isinstance(entry, dict):
-            problems.append(f"entry {position} is not an object")
+            problems.append(Problem(gettext_noop("entry %(n)s is not an object"), n=position))
             continue
         completion = entry.get("completion")
         if completion not in shown:
-            problems.append(f"response {completion!r} was not shown in this task")
+            problems.append(
+                Problem(gettext_noop("response %(id)r was not shown in this task"), id=completion)
+            )
             continue
         if completion in seen:
-            problems.append(f"response {names[completion]} is ranked more than once")
+            problems.append(
+                Problem(
+                    gettext_noop("response %(name)s is ranked more than once"),
+                    name=names[completion],
+                )
+            )
             continue
         seen.add(completion)
         name = names[completion]
@@ -44,33 +65,77 @@ def ranking_problems(
         if rank is None:
             unranked.append(name)
         elif isinstance(rank, bool) or not isinstance(rank, int) or not 1 <= rank <= k:
-            problems.append(f"response {name}: rank must be a whole number from 1 to {k}")
+            problems.append(
+                Problem(
+                    gettext_noop("response %(name)s: rank must be a whole number from 1 to %(k)s"),
+                    name=name,
+                    k=k,
+                )
+            )
         else:
             ranks.append(rank)
         rating = entry.get("rating")
         low, high = rating_range
         if rating is None:
             if rating_required:
-                problems.append(f"response {name}: give a rating from {low} to {high}")
+                problems.append(
+                    Problem(
+                        gettext_noop("response %(name)s: give a rating from %(low)s to %(high)s"),
+                        name=name,
+                        low=low,
+                        high=high,
+                    )
+                )
         elif isinstance(rating, bool) or not isinstance(rating, int) or not low <= rating <= high:
-            problems.append(f"response {name}: rating must be from {low} to {high}")
+            problems.append(
+                Problem(
+                    gettext_noop("response %(name)s: rating must be from %(low)s to %(high)s"),
+                    name=name,
+                    low=low,
+                    high=high,
+                )
+            )
         entry_flags = entry.get("flags", [])
         if not isinstance(entry_flags, list) or not all(isinstance(f, str) for f in entry_flags):
-            problems.append(f"response {name}: flags must be a list of names")
+            problems.append(
+                Problem(gettext_noop("response %(name)s: flags must be a list of names"), name=name)
+            )
         else:
             unknown = sorted(set(entry_flags) - known_flags)
             if unknown:
-                problems.append(f"response {name}: unknown flag(s) {', '.join(unknown)}")
+                problems.append(
+                    Problem(
+                        gettext_noop("response %(name)s: unknown flag(s) %(flags)s"),
+                        name=name,
+                        flags=", ".join(unknown),
+                    )
+                )
     unranked += [names[c] for c in shown if c not in seen]
     if unranked:
-        problems.insert(0, "every response needs a rank; missing: " + ", ".join(unranked))
+        problems.insert(
+            0,
+            Problem(
+                gettext_noop("every response needs a rank; missing: %(names)s"),
+                names=", ".join(unranked),
+            ),
+        )
     if not problems:
         distinct = sorted(set(ranks))
         if not allow_ties and len(distinct) != len(ranks):
-            problems.append("ties are not allowed in this project: give each response its own rank")
+            problems.append(
+                Problem(
+                    gettext_noop(
+                        "ties are not allowed in this project: give each response its own rank"
+                    )
+                )
+            )
         elif distinct != list(range(1, len(distinct) + 1)):
             problems.append(
-                "ranks must be consecutive from 1 (tied responses share a rank: 1, 1, 2)"
+                Problem(
+                    gettext_noop(
+                        "ranks must be consecutive from 1 (tied responses share a rank: 1, 1, 2)"
+                    )
+                )
             )
     return problems
 

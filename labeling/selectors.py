@@ -4,7 +4,15 @@ from django.core.exceptions import PermissionDenied
 from django.db.models import Count, Q, QuerySet
 from django.http import Http404
 
-from labeling.models import Annotation, Assignment, Membership, Project, Role, Task
+from labeling.models import (
+    Annotation,
+    Assignment,
+    Membership,
+    Project,
+    Role,
+    Task,
+    TaskCompletion,
+)
 
 LEAD_ROLES = (Role.LEAD,)
 DATA_ROLES = (Role.LEAD, Role.ENGINEER)
@@ -85,7 +93,21 @@ def assignment_get_for_annotator(*, user, assignment_id) -> Assignment:
     )
     if assignment is None:
         raise Http404
+    assignment.annotator = user
     return assignment
+
+
+def completion_texts(assignment) -> dict[int, str]:
+    """Return {completion id: text} for an assignment's task (cached by a fresh claim)."""
+    texts = getattr(assignment, "completion_texts", None)
+    if texts is None:
+        texts = dict(
+            TaskCompletion.objects.filter(task_id=assignment.task_id).values_list(
+                "completion_id", "completion__text"
+            )
+        )
+        assignment.completion_texts = texts
+    return texts
 
 
 def annotations_for_project(*, project, kind=None, since=None, until=None) -> QuerySet:

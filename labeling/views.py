@@ -9,6 +9,7 @@ from django.http import HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import reverse
 from django.utils.translation import gettext as _
+from django.utils.translation import ngettext
 from django.views.decorators.http import require_POST
 
 from labeling import selectors
@@ -170,7 +171,14 @@ def write_prompt_tasks(request, project_id):
         count = project_services.write_prompt_tasks_create(
             project=membership.project, count=form.cleaned_data["count"]
         )
-        messages.success(request, _("%(count)d prompt-writing tasks added.") % {"count": count})
+        messages.success(
+            request,
+            ngettext(
+                "%(count)d prompt-writing task added.",
+                "%(count)d prompt-writing tasks added.",
+                count,
+            ) % {"count": count},
+        )
     return redirect(membership.project)
 
 
@@ -215,11 +223,7 @@ def _task_context(request, membership, assignment, *, kind, errors=None, posted=
         return context
     task = assignment.task
     if task.kind == Task.Kind.RANK:
-        texts = dict(
-            TaskCompletion.objects.filter(task=task).values_list(
-                "completion_id", "completion__text"
-            )
-        )
+        texts = selectors.completion_texts(assignment)
         responses = []
         for index, cid in enumerate(assignment.display_order):
             responses.append(

@@ -6,6 +6,7 @@ from datetime import timedelta
 from django.db import IntegrityError, transaction
 from django.db.models import F, Q
 from django.utils import timezone
+from django.utils.translation import gettext as _
 
 from labeling.models import Assignment, Task, TaskCompletion
 
@@ -43,14 +44,12 @@ def leases_expire(*, project_id=None, now=None) -> int:
     return len(rows)
 
 
-def _display_order(task: Task) -> list[int]:
+def _completion_texts(task: Task) -> dict[int, str]:
     if task.kind != Task.Kind.RANK:
-        return []
-    order = list(
-        TaskCompletion.objects.filter(task=task).values_list("completion_id", flat=True)
+        return {}
+    return dict(
+        TaskCompletion.objects.filter(task=task).values_list("completion_id", "completion__text")
     )
-    random.shuffle(order)
-    return order
 
 
 def assignment_create(*, task: Task, annotator, now=None) -> Assignment:
@@ -60,14 +59,19 @@ def assignment_create(*, task: Task, annotator, now=None) -> Assignment:
     """
     now = now or timezone.now()
     project = task.project
+    texts = _completion_texts(task)
+    order = list(texts)
+    random.shuffle(order)
     assignment = Assignment.objects.create(
         task=task,
         annotator=annotator,
         project_id=task.project_id,
-        display_order=_display_order(task),
+        display_order=order,
         expires_at=now + timedelta(minutes=project.lease_minutes),
     )
     Task.objects.filter(pk=task.pk).update(assigned_count=F("assigned_count") + 1)
+    # Handed to the caller so that showing the task needs no second query.
+    assignment.completion_texts = texts
     return assignment
 
 
@@ -116,10 +120,11 @@ def assignment_claim_next(*, project, annotator, kind=None, rng=random) -> Assig
                 task = None
                 if project.gold_rate > 0 and rng.random() < project.gold_rate:
                     # Gold tasks have no overlap limit: no lock needed.
-                    task = queue.filter(is_gold=True).order_by("?").first()
+                    task = queue.filter(is_gold=True).select_related("prompt").order_by("?").first()
                 if task is None:
                     task = (
                         queue.filter(is_gold=False, assigned_count__lt=F("required_annotations"))
+                        .select_related("prompt")
                         .select_for_update(skip_locked=True, of=("self",))
                         .order_by("-priority", "id")
                         .first()
@@ -151,7 +156,9 @@ def assignment_skip(*, assignment: Assignment, reason: str) -> Assignment:
         if locked.state == Assignment.State.SKIPPED:
             return locked
         if locked.state != Assignment.State.ACTIVE:
-            raise AssignmentStateError(f"this assignment is already {locked.state}")
+            raise AssignmentStateError(
+                _("this assignment is already %(state)s") % {"state": locked.get_state_display()}
+            )
         locked.state = Assignment.State.SKIPPED
         locked.skip_reason = reason.strip()[:2000]
         locked.finished_at = timezone.now()

@@ -10,6 +10,7 @@ from django.core.exceptions import ValidationError
 from django.db import IntegrityError, transaction
 from django.db.models import F
 from django.utils import timezone
+from django.utils.translation import gettext as _
 
 from labeling import text as textutil
 from labeling.flags import RATING_MAX, RATING_MIN
@@ -30,21 +31,25 @@ class SubmitResult:
     replayed: bool
 
 
-def _existing_for_key(*, annotator, idempotency_key):
+def _existing_for_key(*, annotator_id, idempotency_key):
     if not idempotency_key:
         return None
-    return Annotation.objects.filter(annotator=annotator, idempotency_key=idempotency_key).first()
+    return Annotation.objects.filter(
+        annotator_id=annotator_id, idempotency_key=idempotency_key
+    ).first()
 
 
 def _clean_text(value, *, field="text", required=True) -> str:
     if value is None:
         value = ""
     if not isinstance(value, str):
-        raise ValidationError({field: ["must be text"]})
+        raise ValidationError({field: [_("must be text")]})
     if required and not value.strip():
-        raise ValidationError({field: ["write a response before submitting"]})
+        raise ValidationError({field: [_("write a response before submitting")]})
     if len(value) > MAX_TEXT_CHARS:
-        raise ValidationError({field: [f"is longer than {MAX_TEXT_CHARS} characters"]})
+        raise ValidationError(
+            {field: [_("is longer than %(n)s characters") % {"n": MAX_TEXT_CHARS}]}
+        )
     return value
 
 
@@ -60,7 +65,7 @@ def _retake_slot(assignment: Assignment, task: Task, now) -> None:
         task.assigned_count += 1
         return
     raise SubmissionConflict(
-        "your lease on this task expired and it was given to another annotator"
+        _("your lease on this task expired and it was given to another annotator")
     )
 
 
@@ -79,11 +84,11 @@ def annotation_submit(
     or SubmissionConflict when the assignment cannot be submitted any more.
     """
     idempotency_key = (idempotency_key or "")[:100]
-    annotator = assignment.annotator
-    replay = _existing_for_key(annotator=annotator, idempotency_key=idempotency_key)
+    annotator_id = assignment.annotator_id
+    replay = _existing_for_key(annotator_id=annotator_id, idempotency_key=idempotency_key)
     if replay is not None:
         if replay.assignment_id != assignment.pk:
-            raise SubmissionConflict("this Idempotency-Key was used for another assignment")
+            raise SubmissionConflict(_("this Idempotency-Key was used for another assignment"))
         return SubmitResult(replay, True)
     now = timezone.now()
     try:
@@ -96,10 +101,10 @@ def annotation_submit(
             if locked.state == Assignment.State.SUBMITTED:
                 first = Annotation.objects.get(assignment=locked)
                 if idempotency_key and first.idempotency_key not in ("", idempotency_key):
-                    raise SubmissionConflict("this assignment was already submitted")
+                    raise SubmissionConflict(_("this assignment was already submitted"))
                 return SubmitResult(first, True)
             if locked.state == Assignment.State.SKIPPED:
-                raise SubmissionConflict("this assignment was skipped")
+                raise SubmissionConflict(_("this assignment was skipped"))
             task = (
                 Task.objects.select_for_update(of=("self",))
                 .select_related("project", "prompt")
@@ -125,7 +130,7 @@ def annotation_submit(
             )
     except IntegrityError:
         # The same key raced in from a second request: the first one won.
-        replay = _existing_for_key(annotator=annotator, idempotency_key=idempotency_key)
+        replay = _existing_for_key(annotator_id=annotator_id, idempotency_key=idempotency_key)
         if replay is None:
             raise
         return SubmitResult(replay, True)
@@ -134,7 +139,7 @@ def annotation_submit(
 
 def _build_annotation(assignment: Assignment, task: Task, data: dict) -> Annotation:
     if not isinstance(data, dict):
-        raise ValidationError("the submission must be a JSON object")
+        raise ValidationError(_("the submission must be a JSON object"))
     annotation = Annotation(
         assignment=assignment,
         task=task,
@@ -171,7 +176,7 @@ def _fill_ranking(annotation, assignment, task, data) -> None:
         rating_range=(RATING_MIN, RATING_MAX),
     )
     if problems:
-        raise ValidationError({"ranking": problems})
+        raise ValidationError({"ranking": [_(p.template) % p.params for p in problems]})
     by_id = {entry["completion"]: entry for entry in entries}
     # Stored in display order, with only the known keys.
     annotation.ranking = [
@@ -203,7 +208,9 @@ def _write_prompt(assignment, task, data) -> Prompt:
     project = task.project
     style = data.get("style") or Prompt.Style.PLAIN
     if style not in Prompt.Style.values:
-        raise ValidationError({"style": [f"use one of {', '.join(Prompt.Style.values)}"]})
+        raise ValidationError(
+            {"style": [_("use one of %(values)s") % {"values": ", ".join(Prompt.Style.values)}]}
+        )
     record = {"category": data.get("category") or Category.OTHER}
     if data.get("messages"):
         record["messages"] = data["messages"]
@@ -212,13 +219,13 @@ def _write_prompt(assignment, task, data) -> Prompt:
         examples = data.get("examples") or []
         if style == Prompt.Style.FEW_SHOT:
             if not isinstance(examples, list) or len(examples) < 2:
-                raise ValidationError(
-                    {"examples": ["a few-shot prompt needs at least two query/response examples"]}
-                )
+                message = _("a few-shot prompt needs at least two query/response examples")
+                raise ValidationError({"examples": [message]})
             parts = [instruction.strip()]
             for i, example in enumerate(examples, start=1):
                 if not isinstance(example, dict):
-                    raise ValidationError({"examples": [f"example {i} must be an object"]})
+                    message = _("example %(n)s must be an object") % {"n": i}
+                    raise ValidationError({"examples": [message]})
                 query = _clean_text(example.get("query"), field=f"examples[{i}].query")
                 response = _clean_text(example.get("response"), field=f"examples[{i}].response")
                 parts.append(f"Query: {query.strip()}\nResponse: {response.strip()}")
@@ -229,7 +236,7 @@ def _write_prompt(assignment, task, data) -> Prompt:
     except LineError as exc:
         raise ValidationError({"prompt": [str(exc)]}) from exc
     if Prompt.objects.filter(project=project, content_hash=item.content_hash).exists():
-        raise ValidationError({"prompt": ["this prompt already exists in the project"]})
+        raise ValidationError({"prompt": [_("this prompt already exists in the project")]})
     annotator = assignment.annotator
     prompt = Prompt.objects.create(
         project=project,
