@@ -135,4 +135,4 @@ def test_the_next_task_path_costs_the_same_queries_at_10_and_10000_tasks(project
     assert Task.objects.count() == 10_000
     large = _claim_queries(project, dana)
     assert small == large
-    assert large <= 7
+    assert large <= 8  # savepoint and release included
