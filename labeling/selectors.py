@@ -70,7 +70,11 @@ def project_progress(*, project) -> dict:
             complete=Count("id", filter=Q(status=Task.Status.COMPLETE)),
         )
     )
-    progress = {row["kind"]: {**row, "open": row["total"] - row["complete"]} for row in rows}
+    labels = dict(Task.Kind.choices)
+    progress = {
+        row["kind"]: {**row, "label": labels[row["kind"]], "open": row["total"] - row["complete"]}
+        for row in rows
+    }
     return progress
 
 

@@ -40,7 +40,8 @@ def _validation_messages(exc: ValidationError) -> list[str]:
 def project_list(request):
     projects = selectors.project_list_for_user(user=request.user)
     roles = dict(Membership.objects.filter(user=request.user).values_list("project_id", "role"))
-    rows = [(project, roles.get(project.pk, Role.LEAD)) for project in projects]
+    labels = dict(Role.choices)
+    rows = [(project, labels[roles.get(project.pk, Role.LEAD)]) for project in projects]
     can_create = selectors.user_can_create_projects(user=request.user)
     return render(request, "labeling/project_list.html", {"rows": rows, "can_create": can_create})
 
