@@ -348,7 +348,6 @@ class PromptImport(models.Model):
 
     class Status(models.TextChoices):
         PENDING = "pending", _("Waiting for a worker")
-        RUNNING = "running", _("Importing")
         DONE = "done", _("Imported")
         REJECTED = "rejected", _("Rejected: nothing imported")
         FAILED = "failed", _("Failed")

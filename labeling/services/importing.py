@@ -542,35 +542,43 @@ def prompt_import_start(*, project, uploaded_file, user, skip_bad_lines=False,
 
 
 def prompt_import_run(*, prompt_import_id: int) -> None:
-    """Run a queued browser import once; a redelivered message finds it done and stops."""
+    """Run a queued browser import once.
+
+    The row is locked and the import written in one transaction: a worker killed half
+    way leaves the import pending with nothing written, so the redelivered message runs
+    it again; a duplicated message finds the row locked or done and does nothing.
+    """
     from django.utils import timezone
 
     from labeling.models import PromptImport
 
-    with transaction.atomic():
-        claimed = PromptImport.objects.filter(
-            pk=prompt_import_id, status=PromptImport.Status.PENDING
-        ).update(status=PromptImport.Status.RUNNING)
-    if not claimed:
-        return
-    prompt_import = PromptImport.objects.select_related("project").get(pk=prompt_import_id)
     try:
-        with prompt_import.file.open("rb") as handle:
-            report = prompts_import_file(
-                project=prompt_import.project,
-                file=handle,
-                file_name=prompt_import.file_name,
-                skip_bad_lines=prompt_import.skip_bad_lines,
-                create_demonstrate_tasks=prompt_import.create_demonstrate_tasks,
-                author=None,
+        with transaction.atomic():
+            prompt_import = (
+                PromptImport.objects.select_for_update(skip_locked=True)
+                .select_related("project")
+                .filter(pk=prompt_import_id, status=PromptImport.Status.PENDING)
+                .first()
             )
+            if prompt_import is None:
+                return
+            with prompt_import.file.open("rb") as handle:
+                report = prompts_import_file(
+                    project=prompt_import.project,
+                    file=handle,
+                    file_name=prompt_import.file_name,
+                    skip_bad_lines=prompt_import.skip_bad_lines,
+                    create_demonstrate_tasks=prompt_import.create_demonstrate_tasks,
+                    author=None,
+                )
+            prompt_import.status = (
+                PromptImport.Status.DONE if report.imported else PromptImport.Status.REJECTED
+            )
+            prompt_import.report = report.as_dict()
+            prompt_import.finished_at = timezone.now()
+            prompt_import.save(update_fields=["status", "report", "finished_at"])
     except Exception as exc:
         PromptImport.objects.filter(pk=prompt_import_id).update(
             status=PromptImport.Status.FAILED, error=str(exc)[:2000], finished_at=timezone.now()
         )
         raise
-    PromptImport.objects.filter(pk=prompt_import_id).update(
-        status=PromptImport.Status.DONE if report.imported else PromptImport.Status.REJECTED,
-        report=report.as_dict(),
-        finished_at=timezone.now(),
-    )

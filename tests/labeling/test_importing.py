@@ -176,3 +176,56 @@ def test_the_agreement_sample_gets_a_higher_overlap(project, rate, expected):
     items = [{"prompt": f"p{i}", "completions": ["a", "b", "c", "d"]} for i in range(10)]
     prompts_import(project=project, records=records_from_items(items))
     assert Task.objects.filter(required_annotations=3).count() == expected
+
+
+def _queued_import(project, data: bytes, settings, tmp_path):
+    from django.core.files.uploadedfile import SimpleUploadedFile
+
+    from labeling.models import PromptImport
+
+    settings.MEDIA_ROOT = str(tmp_path)
+    return PromptImport.objects.create(
+        project=project, file=SimpleUploadedFile("p.jsonl", data), file_name="p.jsonl"
+    )
+
+
+def test_a_worker_dying_mid_import_leaves_it_pending_and_a_rerun_finishes_it(
+    project, settings, tmp_path, monkeypatch
+):
+    from labeling.services import importing
+
+    prompt_import = _queued_import(
+        project, b'{"prompt": "one"}\n{"prompt": "two"}\n', settings, tmp_path)
+
+    class WorkerKilled(BaseException):
+        pass
+
+    real_flush = importing._Writer.flush
+
+    def dying_flush(self):
+        real_flush(self)
+        raise WorkerKilled
+
+    monkeypatch.setattr(importing._Writer, "flush", dying_flush)
+    with pytest.raises(WorkerKilled):
+        importing.prompt_import_run(prompt_import_id=prompt_import.pk)
+    prompt_import.refresh_from_db()
+    assert prompt_import.status == "pending" and Prompt.objects.count() == 0
+    monkeypatch.setattr(importing._Writer, "flush", real_flush)
+    importing.prompt_import_run(prompt_import_id=prompt_import.pk)
+    importing.prompt_import_run(prompt_import_id=prompt_import.pk)  # a duplicated message
+    prompt_import.refresh_from_db()
+    assert prompt_import.status == "done" and prompt_import.report["added"] == 2
+    assert Prompt.objects.count() == 2
+
+
+def test_a_rejected_browser_import_keeps_its_report(project, settings, tmp_path):
+    from labeling.services.importing import prompt_import_run
+
+    prompt_import = _queued_import(project, b'{"prompt": "one"}\n{"oops": 1}\n', settings,
+                                   tmp_path)
+    prompt_import_run(prompt_import_id=prompt_import.pk)
+    prompt_import.refresh_from_db()
+    assert prompt_import.status == "rejected"
+    assert prompt_import.report["errors"][0]["line"] == 2
+    assert Prompt.objects.count() == 0
