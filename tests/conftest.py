@@ -86,3 +86,17 @@ def postgres(db):
     if connection.vendor != "postgresql":
         unavailable("PostgreSQL (set DATABASE_URL=postgres://...)")
     return connection
+
+
+@pytest.fixture
+def gold_task(project, rank_tasks):
+    """The first rank task as gold (expected ranking: stored order), served every time."""
+    from labeling.services.project import task_set_gold
+
+    gold = rank_tasks.first()
+    ids = list(gold.task_completions.values_list("completion_id", flat=True))
+    task_set_gold(task=gold, ranking={cid: i + 1 for i, cid in enumerate(ids)})
+    project.gold_rate = 1.0
+    project.save()
+    gold.expected_ids = ids
+    return gold

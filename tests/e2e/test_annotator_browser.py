@@ -18,6 +18,14 @@ pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True)]
 CARDS = ".response-card"
 
 
+
+def submit_with_enter(page) -> dict:
+    """Press Enter, wait for the next task, and return the recorded {completion: rank}."""
+    prompt = page.inner_text("#prompt-text")
+    press(page, "Enter")
+    expect(page.locator("#prompt-text")).not_to_have_text(prompt)
+    return {e["completion"]: e["rank"] for e in Annotation.objects.get().ranking}
+
 def import_ranks(project, n=3, prefix="Prompt"):
     report = prompts_import(
         project=project, records=records_from_items(rank_items(n, prefix=prefix))
@@ -153,6 +161,14 @@ def test_it_shows_the_error_and_records_nothing_when_a_response_is_unranked(page
     page.problems.assert_clean()
 
 
+def rate_submit_and_check(page, ratings, expected_ranks) -> None:
+    """Rate every card from the first, submit with Enter, and check the recorded ranks."""
+    focus_first_card(page)
+    rate_all_with_keyboard(page, ratings)
+    assert submit_with_enter(page) == expected_ranks
+    page.problems.assert_clean()
+
+
 def test_two_responses_can_share_a_rank_when_ties_are_allowed(page, project):
     assert project.allow_ties
     import_ranks(project)
@@ -160,14 +176,7 @@ def test_two_responses_can_share_a_rank_when_ties_are_allowed(page, project):
     ids = shown_ids(page)
     press(page, "1", "1", "2", "3")
     assert rank_values(page) == ["1", "1", "2", "3"]
-    focus_first_card(page)
-    rate_all_with_keyboard(page, [6, 6, 3, 1])
-    prompt = page.inner_text("#prompt-text")
-    press(page, "Enter")
-    expect(page.locator("#prompt-text")).not_to_have_text(prompt)
-    ranks = {e["completion"]: e["rank"] for e in Annotation.objects.get().ranking}
-    assert ranks == {ids[0]: 1, ids[1]: 1, ids[2]: 2, ids[3]: 3}
-    page.problems.assert_clean()
+    rate_submit_and_check(page, [6, 6, 3, 1], {ids[0]: 1, ids[1]: 1, ids[2]: 2, ids[3]: 3})
 
 
 def test_a_used_rank_swaps_when_ties_are_not_allowed(page, alice, bob):
@@ -184,14 +193,7 @@ def test_a_used_rank_swaps_when_ties_are_not_allowed(page, alice, bob):
     press(page, "3", "4")  # focus went to C, then D
     press(page, "ArrowLeft", "4")  # C takes 4: D gets C's 3
     assert rank_values(page) == ["2", "1", "4", "3"]
-    focus_first_card(page)
-    rate_all_with_keyboard(page, [2, 3, 4, 5])
-    prompt = page.inner_text("#prompt-text")
-    press(page, "Enter")
-    expect(page.locator("#prompt-text")).not_to_have_text(prompt)
-    ranks = {e["completion"]: e["rank"] for e in Annotation.objects.get().ranking}
-    assert ranks == {ids[0]: 2, ids[1]: 1, ids[2]: 4, ids[3]: 3}
-    page.problems.assert_clean()
+    rate_submit_and_check(page, [2, 3, 4, 5], {ids[0]: 2, ids[1]: 1, ids[2]: 4, ids[3]: 3})
 
 
 def test_a_demonstration_draft_survives_a_reload_and_is_gone_after_submitting(page, project):
@@ -265,10 +267,7 @@ def test_drag_and_drop_orders_the_responses_and_ranks_them(page, project):
 
     focus_first_card(page)
     rate_all_with_keyboard(page, [7, 6, 5, 4])
-    prompt = page.inner_text("#prompt-text")
-    press(page, "Enter")
-    expect(page.locator("#prompt-text")).not_to_have_text(prompt)
-    ranks = {e["completion"]: e["rank"] for e in Annotation.objects.get().ranking}
+    ranks = submit_with_enter(page)
     assert ranks == {cid: position for position, cid in enumerate(order, start=1)}
     page.problems.assert_clean()
 

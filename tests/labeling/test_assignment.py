@@ -12,7 +12,6 @@ from labeling.services.assignment import (
     leases_expire,
 )
 from labeling.services.importing import prompts_import, records_from_items
-from labeling.services.project import task_set_gold
 from tests.conftest import rank_items
 
 
@@ -103,14 +102,9 @@ def test_it_does_not_give_annotators_their_own_prompts(project, bob):
     assert assignment_claim_next(project=project, annotator=bob) is None
 
 
-def test_gold_tasks_are_mixed_in_at_the_project_rate(project, rank_tasks, bob):
-    gold = rank_tasks.first()
-    ids = list(gold.task_completions.values_list("completion_id", flat=True))
-    task_set_gold(task=gold, ranking={cid: i + 1 for i, cid in enumerate(ids)})
-    project.gold_rate = 1.0
-    project.save()
+def test_gold_tasks_are_mixed_in_at_the_project_rate(project, gold_task, bob):
     first = assignment_claim_next(project=project, annotator=bob)
-    assert first.task_id == gold.pk
+    assert first.task_id == gold_task.pk
 
 
 def test_skip_records_the_reason_and_frees_the_slot(project, rank_tasks, bob):

@@ -7,7 +7,7 @@ from django.utils import timezone
 from labeling.models import Annotation, Assignment, Completion, Prompt, Task
 from labeling.services.assignment import assignment_claim_next, assignment_skip
 from labeling.services.importing import prompts_import, records_from_items
-from labeling.services.project import task_set_gold, write_prompt_tasks_create
+from labeling.services.project import write_prompt_tasks_create
 from labeling.services.submission import SubmissionConflict, annotation_submit
 
 
@@ -138,12 +138,8 @@ def test_a_demonstration_is_recorded(project, bob):
     assert result.annotation.demonstration.text == "The moon pulls the sea."
 
 
-def test_gold_answers_are_scored_silently(project, rank_tasks, bob):
-    gold = rank_tasks.first()
-    ids = list(gold.task_completions.values_list("completion_id", flat=True))
-    task_set_gold(task=gold, ranking={cid: i + 1 for i, cid in enumerate(ids)})
-    project.gold_rate = 1.0
-    project.save()
+def test_gold_answers_are_scored_silently(project, gold_task, bob):
+    gold, ids = gold_task, gold_task.expected_ids
     a = assignment_claim_next(project=project, annotator=bob)
     assert a.task_id == gold.pk
     reverse = {cid: len(ids) - i for i, cid in enumerate(ids)}
