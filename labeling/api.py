@@ -15,7 +15,7 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from labeling import selectors
-from labeling.models import Annotation, Project, Role, Task
+from labeling.models import Annotation, Assignment, Project, Role, Task
 from labeling.selectors import completion_texts
 from labeling.services import assignment as assignment_services
 from labeling.services import importing
@@ -389,7 +389,8 @@ class SubmitApi(APIView):
         responses={201: SubmitOutput, 200: SubmitOutput},
     )
     def post(self, request, assignment_id):
-        assignment = _own_assignment(request, assignment_id)
+        # The service reads the row under its lock and checks it is the caller's.
+        assignment = Assignment(pk=assignment_id, annotator_id=request.user.pk)
         data = SubmitInput(data=request.data)
         data.is_valid(raise_exception=True)
         payload = dict(data.validated_data)
@@ -403,6 +404,8 @@ class SubmitApi(APIView):
                 idempotency_key=request.headers.get("Idempotency-Key", ""),
                 time_spent_ms=time_spent,
             )
+        except Assignment.DoesNotExist:
+            raise NotFound from None
         except DjangoValidationError as exc:
             _raise_validation(exc)
         except SubmissionConflict as exc:

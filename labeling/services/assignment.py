@@ -3,12 +3,12 @@
 import random
 from datetime import timedelta
 
-from django.db import IntegrityError, transaction
-from django.db.models import F, Q
+from django.db import IntegrityError, connection, transaction
+from django.db.models import F
 from django.utils import timezone
 from django.utils.translation import gettext as _
 
-from labeling.models import Assignment, Task, TaskCompletion
+from labeling.models import Assignment, Prompt, Task
 
 LEASE_SWEEP_BATCH = 500
 
@@ -44,60 +44,113 @@ def leases_expire(*, project_id=None, now=None) -> int:
     return len(rows)
 
 
-def _completion_texts(task: Task) -> dict[int, str]:
-    if task.kind != Task.Kind.RANK:
-        return {}
-    return dict(
-        TaskCompletion.objects.filter(task=task).values_list("completion_id", "completion__text")
-    )
+def _completion_texts(task_id: int) -> dict[int, str]:
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT tc.completion_id, c.text FROM labeling_taskcompletion tc"
+            " JOIN labeling_completion c ON c.id = tc.completion_id"
+            " WHERE tc.task_id = %s ORDER BY tc.position",
+            [task_id],
+        )
+        return dict(cursor.fetchall())
 
 
-def assignment_create(*, task: Task, annotator, now=None) -> Assignment:
+def assignment_create(*, task: Task, annotator, project, now=None) -> Assignment:
     """Create an assignment for a task whose row the caller holds locked (or a gold task).
 
     Should be called inside a transaction holding SELECT FOR UPDATE on the task.
     """
     now = now or timezone.now()
-    project = task.project
-    texts = _completion_texts(task)
+    texts = _completion_texts(task.pk) if task.kind == Task.Kind.RANK else {}
     order = list(texts)
     random.shuffle(order)
     assignment = Assignment.objects.create(
         task=task,
         annotator=annotator,
-        project_id=task.project_id,
+        project=project,
         display_order=order,
         expires_at=now + timedelta(minutes=project.lease_minutes),
     )
-    Task.objects.filter(pk=task.pk).update(assigned_count=F("assigned_count") + 1)
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "UPDATE labeling_task SET assigned_count = assigned_count + 1 WHERE id = %s",
+            [task.pk],
+        )
     # Handed to the caller so that showing the task needs no second query.
     assignment.completion_texts = texts
     return assignment
 
 
-def _queue(*, project, annotator, kind):
-    tasks = Task.objects.filter(project=project, status=Task.Status.OPEN)
-    if kind:
-        tasks = tasks.filter(kind=kind)
-    # The annotator's own prompts are never given back to them.
-    tasks = tasks.filter(Q(prompt_author__isnull=True) | ~Q(prompt_author=annotator))
-    return tasks.exclude(
-        pk__in=Assignment.objects.filter(annotator=annotator, project=project).values("task_id")
-    )
-
-
 def assignment_active_get(*, project, annotator, kind=None, now=None):
     """Return the annotator's unexpired active assignment in the project, if any."""
     now = now or timezone.now()
-    active = Assignment.objects.select_related("task", "task__prompt", "project").filter(
-        project=project,
-        annotator=annotator,
-        state=Assignment.State.ACTIVE,
-        expires_at__gt=now,
-    )
+    join, params = "", [project.pk, annotator.pk, now]
     if kind:
-        active = active.filter(task__kind=kind)
-    return active.order_by("id").first()
+        join, params = " JOIN labeling_task t ON t.id = a.task_id AND t.kind = %s", [kind, *params]
+    # Usually there is none: one narrow query, and the full row only when there is.
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"SELECT a.id FROM labeling_assignment a{join}"
+            " WHERE a.project_id = %s AND a.annotator_id = %s AND a.state = 'active'"
+            " AND a.expires_at > %s ORDER BY a.id LIMIT 1",
+            params,
+        )
+        row = cursor.fetchone()
+    if row is None:
+        return None
+    return Assignment.objects.select_related("task", "task__prompt", "project").get(pk=row[0])
+
+
+# The queue, in one statement: the first open task (priority, then age) under its
+# overlap, never seen by this annotator and not written by them. Hand-written because
+# it runs on every next-task call; the partial indexes task_queue_idx and
+# task_queue_kind_idx give this order, so the scan stops at the first free row.
+_CLAIM_SQL = """
+SELECT t.id, t.kind, t.prompt_id, t.priority, t.required_annotations, t.assigned_count,
+       t.submitted_count, t.status, t.is_gold,
+       p.text, p.messages, p.category, p.author_id
+FROM labeling_task t LEFT JOIN labeling_prompt p ON p.id = t.prompt_id
+WHERE t.project_id = %s AND t.status = 'open' AND {gold}{kind}
+  AND (t.prompt_author_id IS NULL OR t.prompt_author_id <> %s)
+  AND NOT EXISTS (SELECT 1 FROM labeling_assignment a
+                  WHERE a.task_id = t.id AND a.annotator_id = %s)
+ORDER BY {order}
+LIMIT 1{lock}
+"""
+
+
+def _claim_row(*, project, annotator, kind, gold: bool):
+    lock = ""
+    if not gold and connection.features.has_select_for_update_skip_locked:
+        lock = " FOR NO KEY UPDATE OF t SKIP LOCKED"
+    sql = _CLAIM_SQL.format(
+        gold="t.is_gold" if gold else "NOT t.is_gold AND t.assigned_count < t.required_annotations",
+        kind=" AND t.kind = %s" if kind else "",
+        # Gold tasks have no overlap limit, so no lock; any unseen one will do.
+        order="random()" if gold else "t.priority DESC, t.id",
+        lock=lock,
+    )
+    params = [project.pk, *([kind] if kind else []), annotator.pk, annotator.pk]
+    with connection.cursor() as cursor:
+        cursor.execute(sql, params)
+        row = cursor.fetchone()
+    if row is None:
+        return None
+    (task_id, task_kind, prompt_id, priority, required, assigned, submitted, status, is_gold,
+     text, messages, category, author_id) = row
+    prompt = None
+    if prompt_id is not None:
+        messages_field = Prompt._meta.get_field("messages")
+        prompt = Prompt(
+            id=prompt_id, project_id=project.pk, text=text, category=category,
+            messages=messages_field.from_db_value(messages, None, connection),
+            author_id=author_id,
+        )
+    return Task(
+        id=task_id, project_id=project.pk, kind=task_kind, prompt_id=prompt_id, prompt=prompt,
+        priority=priority, required_annotations=required, assigned_count=assigned,
+        submitted_count=submitted, status=status, is_gold=bool(is_gold),
+    )
 
 
 def assignment_claim_next(*, project, annotator, kind=None, rng=random) -> Assignment | None:
@@ -105,39 +158,36 @@ def assignment_claim_next(*, project, annotator, kind=None, rng=random) -> Assig
 
     One claim statement takes the first open task (priority, then age) that is under
     its overlap, not yet seen by this annotator and not written by them, skipping rows
-    other claimers hold (``FOR UPDATE SKIP LOCKED`` on PostgreSQL; SQLite serializes
-    writers). Gold tasks are mixed in at the project's rate. Return None when nothing
-    is left for this annotator.
+    other claimers hold (``FOR NO KEY UPDATE SKIP LOCKED`` on PostgreSQL; SQLite
+    serializes writers). Gold tasks are mixed in at the project's rate. Expired leases
+    are swept by the periodic task, and here too when the queue looks empty. Return
+    None when nothing is left for this annotator.
     """
     current = assignment_active_get(project=project, annotator=annotator, kind=kind)
     if current is not None:
         return current
-    leases_expire(project_id=project.pk)
-    queue = _queue(project=project, annotator=annotator, kind=kind)
-    for _attempt in range(3):
+    swept = False
+    for _attempt in range(4):
         try:
             with transaction.atomic():
                 task = None
                 if project.gold_rate > 0 and rng.random() < project.gold_rate:
-                    # Gold tasks have no overlap limit: no lock needed.
-                    task = queue.filter(is_gold=True).select_related("prompt").order_by("?").first()
+                    task = _claim_row(project=project, annotator=annotator, kind=kind, gold=True)
                 if task is None:
-                    task = (
-                        queue.filter(is_gold=False, assigned_count__lt=F("required_annotations"))
-                        .select_related("prompt")
-                        .select_for_update(skip_locked=True, of=("self",))
-                        .order_by("-priority", "id")
-                        .first()
-                    )
-                if task is None:
-                    return None
-                task.project = project
-                assignment = assignment_create(task=task, annotator=annotator)
+                    task = _claim_row(project=project, annotator=annotator, kind=kind, gold=False)
+                if task is not None:
+                    assignment = assignment_create(task=task, annotator=annotator,
+                                                   project=project)
         except IntegrityError:
             # The same annotator claimed concurrently (a double click): use that claim.
             current = assignment_active_get(project=project, annotator=annotator, kind=kind)
             if current is not None:
                 return current
+            continue
+        if task is None:
+            if swept or not leases_expire(project_id=project.pk):
+                return None
+            swept = True  # expired leases gave slots back: look once more
             continue
         assignment.task = task
         assignment.project = project

@@ -461,7 +461,7 @@ def task_build(*, project, kind, prompt=None, priority=0) -> Task:
         project=project,
         kind=kind,
         prompt=prompt,
-        prompt_author=prompt.author if prompt is not None else None,
+        prompt_author_id=prompt.author_id if prompt is not None else None,
         required_annotations=required,
         priority=priority,
     )

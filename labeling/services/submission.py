@@ -4,17 +4,26 @@ A submission is idempotent: the same submit sent twice (a double click, a networ
 retry) records one annotation and returns it both times.
 """
 
+import datetime as dt
 from dataclasses import dataclass
 
 from django.core.exceptions import ValidationError
-from django.db import IntegrityError, transaction
-from django.db.models import F
+from django.db import IntegrityError, connection, transaction
 from django.utils import timezone
+from django.utils.dateparse import parse_datetime
 from django.utils.translation import gettext as _
 
 from labeling import text as textutil
 from labeling.flags import RATING_MAX, RATING_MIN
-from labeling.models import Annotation, Assignment, Category, Completion, Prompt, Task
+from labeling.models import (
+    Annotation,
+    Assignment,
+    Category,
+    Completion,
+    Project,
+    Prompt,
+    Task,
+)
 from labeling.ranking import gold_score, ranking_problems
 from labeling.services.importing import LineError, task_build, validate_record
 
@@ -31,14 +40,6 @@ class SubmitResult:
     replayed: bool
 
 
-def _existing_for_key(*, annotator_id, idempotency_key):
-    if not idempotency_key:
-        return None
-    return Annotation.objects.filter(
-        annotator_id=annotator_id, idempotency_key=idempotency_key
-    ).first()
-
-
 def _clean_text(value, *, field="text", required=True) -> str:
     if value is None:
         value = ""
@@ -53,20 +54,85 @@ def _clean_text(value, *, field="text", required=True) -> str:
     return value
 
 
-def _retake_slot(assignment: Assignment, task: Task, now) -> None:
-    """Let a late submit count when its expired slot is still free, else refuse it."""
-    if assignment.state == Assignment.State.ACTIVE and assignment.expires_at > now:
-        return
-    if assignment.state == Assignment.State.ACTIVE:
-        # Past its lease but not yet swept: the slot is still counted as ours.
-        return
-    if task.is_gold or task.assigned_count < task.required_annotations:
-        Task.objects.filter(pk=task.pk).update(assigned_count=F("assigned_count") + 1)
-        task.assigned_count += 1
-        return
-    raise SubmissionConflict(
-        _("your lease on this task expired and it was given to another annotator")
+# The row lock and everything the checks need, in one statement: it runs on every submit.
+_LOCK_SQL = """
+SELECT a.state, a.display_order, a.created_at, a.expires_at, a.task_id, a.project_id,
+       t.kind, t.prompt_id, t.is_gold, t.gold_ranking, p.allow_ties, p.flags
+FROM labeling_assignment a
+JOIN labeling_task t ON t.id = a.task_id
+JOIN labeling_project p ON p.id = a.project_id
+WHERE a.id = %s AND a.annotator_id = %s{lock}
+"""
+
+
+@dataclass
+class _Locked:
+    assignment: Assignment
+    task: Task
+    allow_ties: bool
+    flags: list[str]
+
+
+def _json(model, field, value):
+    return model._meta.get_field(field).from_db_value(value, None, connection)
+
+
+def _aware(value):
+    """Return a raw-cursor datetime as an aware one (SQLite hands back naive UTC)."""
+    if isinstance(value, str):
+        value = parse_datetime(value)
+    if value is not None and timezone.is_naive(value):
+        value = timezone.make_aware(value, dt.UTC)
+    return value
+
+
+def _lock(assignment: Assignment) -> _Locked:
+    """Lock the annotator's assignment row; raise Assignment.DoesNotExist if not theirs."""
+    lock = ""
+    if connection.features.has_select_for_update_of:
+        lock = " FOR NO KEY UPDATE OF a" if connection.features.has_select_for_no_key_update \
+            else " FOR UPDATE OF a"
+    with connection.cursor() as cursor:
+        cursor.execute(_LOCK_SQL.format(lock=lock), [assignment.pk, assignment.annotator_id])
+        row = cursor.fetchone()
+    if row is None:
+        raise Assignment.DoesNotExist
+    (state, order, created_at, expires_at, task_id, project_id, kind, prompt_id, is_gold,
+     gold_ranking, allow_ties, flags) = row
+    locked = Assignment(
+        id=assignment.pk, annotator_id=assignment.annotator_id, task_id=task_id,
+        project_id=project_id, state=state, display_order=_json(Assignment, "display_order", order),
+        created_at=_aware(created_at), expires_at=_aware(expires_at),
     )
+    task = Task(
+        id=task_id, project_id=project_id, kind=kind, prompt_id=prompt_id, is_gold=bool(is_gold),
+        gold_ranking=_json(Task, "gold_ranking", gold_ranking),
+    )
+    return _Locked(locked, task, bool(allow_ties), _json(Project, "flags", flags) or [])
+
+
+def _sql(statement: str, params: list) -> int:
+    with connection.cursor() as cursor:
+        cursor.execute(statement, params)
+        return cursor.rowcount
+
+
+def _retake_slot(assignment: Assignment) -> None:
+    """Let a late submit count when its expired slot is still free, else refuse it.
+
+    An active assignment past its lease but not yet swept still holds its slot.
+    """
+    if assignment.state == Assignment.State.ACTIVE:
+        return
+    taken = _sql(
+        "UPDATE labeling_task SET assigned_count = assigned_count + 1"
+        " WHERE id = %s AND (is_gold OR assigned_count < required_annotations)",
+        [assignment.task_id],
+    )
+    if not taken:
+        raise SubmissionConflict(
+            _("your lease on this task expired and it was given to another annotator")
+        )
 
 
 def annotation_submit(
@@ -78,40 +144,28 @@ def annotation_submit(
 ) -> SubmitResult:
     """Record the annotation for an assignment and return it.
 
+    ``assignment`` needs only its id and annotator_id: the row is read again under a
+    lock, and Assignment.DoesNotExist is raised when it is not the annotator's.
     ``data`` is {"ranking": [...], "comment", "text" (better response)} for a rank
     task, {"text"} for a demonstration, {"text" or "messages", "category", "style",
     "examples"} for a written prompt. Raise ValidationError with every problem found,
     or SubmissionConflict when the assignment cannot be submitted any more.
     """
     idempotency_key = (idempotency_key or "")[:100]
-    annotator_id = assignment.annotator_id
-    replay = _existing_for_key(annotator_id=annotator_id, idempotency_key=idempotency_key)
-    if replay is not None:
-        if replay.assignment_id != assignment.pk:
-            raise SubmissionConflict(_("this Idempotency-Key was used for another assignment"))
-        return SubmitResult(replay, True)
     now = timezone.now()
     try:
         with transaction.atomic():
-            locked = (
-                Assignment.objects.select_for_update(of=("self",))
-                .select_related("annotator")
-                .get(pk=assignment.pk)
-            )
+            held = _lock(assignment)
+            locked = held.assignment
             if locked.state == Assignment.State.SUBMITTED:
-                first = Annotation.objects.get(assignment=locked)
+                first = Annotation.objects.get(assignment_id=locked.pk)
                 if idempotency_key and first.idempotency_key not in ("", idempotency_key):
                     raise SubmissionConflict(_("this assignment was already submitted"))
                 return SubmitResult(first, True)
             if locked.state == Assignment.State.SKIPPED:
                 raise SubmissionConflict(_("this assignment was skipped"))
-            task = (
-                Task.objects.select_for_update(of=("self",))
-                .select_related("project", "prompt")
-                .get(pk=locked.task_id)
-            )
-            _retake_slot(locked, task, now)
-            annotation = _build_annotation(locked, task, data)
+            _retake_slot(locked)
+            annotation = _build_annotation(held, data)
             annotation.idempotency_key = idempotency_key
             annotation.time_spent_ms = (
                 time_spent_ms
@@ -119,60 +173,72 @@ def annotation_submit(
                 else int((now - locked.created_at).total_seconds() * 1000)
             )
             annotation.save()
-            locked.state = Assignment.State.SUBMITTED
-            locked.finished_at = now
-            locked.save(update_fields=["state", "finished_at"])
-            submitted = task.submitted_count + 1
-            done = not task.is_gold and submitted >= task.required_annotations
-            Task.objects.filter(pk=task.pk).update(
-                submitted_count=F("submitted_count") + 1,
-                status=Task.Status.COMPLETE if done else task.status,
+            _sql(
+                "UPDATE labeling_assignment SET state = %s, finished_at = %s WHERE id = %s",
+                [Assignment.State.SUBMITTED, now, locked.pk],
+            )
+            _sql(
+                "UPDATE labeling_task SET submitted_count = submitted_count + 1, status = CASE"
+                " WHEN NOT is_gold AND submitted_count + 1 >= required_annotations THEN %s"
+                " ELSE status END WHERE id = %s",
+                [Task.Status.COMPLETE, locked.task_id],
             )
     except IntegrityError:
-        # The same key raced in from a second request: the first one won.
-        replay = _existing_for_key(annotator_id=annotator_id, idempotency_key=idempotency_key)
-        if replay is None:
+        # The key was used before: a replay racing the first request, or another task.
+        replay = Annotation.objects.filter(
+            annotator_id=assignment.annotator_id, idempotency_key=idempotency_key
+        ).first()
+        if replay is None or not idempotency_key:
             raise
+        if replay.assignment_id != assignment.pk:
+            raise SubmissionConflict(
+                _("this Idempotency-Key was used for another assignment")
+            ) from None
         return SubmitResult(replay, True)
     return SubmitResult(annotation, False)
 
 
-def _build_annotation(assignment: Assignment, task: Task, data: dict) -> Annotation:
+def _demonstration(task: Task, annotator_id: int, text: str) -> Completion:
+    return Completion.objects.create(
+        prompt_id=task.prompt_id,
+        text=text,
+        source=Completion.Source.HUMAN,
+        generator="human",
+        author_id=annotator_id,
+    )
+
+
+def _build_annotation(held: _Locked, data: dict) -> Annotation:
     if not isinstance(data, dict):
         raise ValidationError(_("the submission must be a JSON object"))
+    assignment, task = held.assignment, held.task
     annotation = Annotation(
         assignment=assignment,
-        task=task,
-        annotator=assignment.annotator,
+        task_id=task.pk,
+        annotator_id=assignment.annotator_id,
         project_id=task.project_id,
         kind=task.kind,
     )
     comment = data.get("comment") or ""
     annotation.comment = _clean_text(comment, field="comment", required=False)[:10_000]
     if task.kind == Task.Kind.RANK:
-        _fill_ranking(annotation, assignment, task, data)
+        _fill_ranking(annotation, held, data)
     elif task.kind == Task.Kind.DEMONSTRATE:
         annotation.text = _clean_text(data.get("text"))
-        annotation.demonstration = Completion.objects.create(
-            prompt=task.prompt,
-            text=annotation.text,
-            source=Completion.Source.HUMAN,
-            generator="human",
-            author=assignment.annotator,
-        )
+        annotation.demonstration = _demonstration(task, assignment.annotator_id, annotation.text)
     else:
         annotation.written_prompt = _write_prompt(assignment, task, data)
     return annotation
 
 
-def _fill_ranking(annotation, assignment, task, data) -> None:
-    project = task.project
+def _fill_ranking(annotation, held: _Locked, data) -> None:
+    assignment, task = held.assignment, held.task
     entries = data.get("ranking")
     problems = ranking_problems(
         entries,
         shown=list(assignment.display_order),
-        allow_ties=project.allow_ties,
-        flags=project.flags,
+        allow_ties=held.allow_ties,
+        flags=held.flags,
         rating_range=(RATING_MIN, RATING_MAX),
     )
     if problems:
@@ -191,13 +257,7 @@ def _fill_ranking(annotation, assignment, task, data) -> None:
     better = _clean_text(data.get("text"), required=False)
     if better.strip():
         annotation.text = better
-        annotation.demonstration = Completion.objects.create(
-            prompt=task.prompt,
-            text=better,
-            source=Completion.Source.HUMAN,
-            generator="human",
-            author=assignment.annotator,
-        )
+        annotation.demonstration = _demonstration(task, assignment.annotator_id, better)
     if task.is_gold and task.gold_ranking:
         expected = {int(cid): rank for cid, rank in task.gold_ranking.items()}
         given = {entry["completion"]: entry["rank"] for entry in annotation.ranking}
@@ -205,7 +265,7 @@ def _fill_ranking(annotation, assignment, task, data) -> None:
 
 
 def _write_prompt(assignment, task, data) -> Prompt:
-    project = task.project
+    project = Project.objects.get(pk=task.project_id)
     style = data.get("style") or Prompt.Style.PLAIN
     if style not in Prompt.Style.values:
         raise ValidationError(
@@ -237,7 +297,7 @@ def _write_prompt(assignment, task, data) -> Prompt:
         raise ValidationError({"prompt": [str(exc)]}) from exc
     if Prompt.objects.filter(project=project, content_hash=item.content_hash).exists():
         raise ValidationError({"prompt": [_("this prompt already exists in the project")]})
-    annotator = assignment.annotator
+    annotator_id = assignment.annotator_id
     prompt = Prompt.objects.create(
         project=project,
         text=item.text,
@@ -245,14 +305,14 @@ def _write_prompt(assignment, task, data) -> Prompt:
         category=item.category,
         source=Prompt.Source.ANNOTATOR,
         style=style,
-        external_user_id=f"annotator:{annotator.pk}",
+        external_user_id=f"annotator:{annotator_id}",
         split=textutil.split_for(
-            f"annotator:{annotator.pk}", project.split_train, project.split_valid
+            f"annotator:{annotator_id}", project.split_train, project.split_valid
         ),
         content_hash=item.content_hash,
         prefix_hash=item.prefix_hash,
         metadata={"examples": data.get("examples")} if style == Prompt.Style.FEW_SHOT else {},
-        author=annotator,
+        author_id=annotator_id,
     )
     # A written prompt goes straight into the demonstration queue (not to its author).
     task_build(project=project, kind=Task.Kind.DEMONSTRATE, prompt=prompt).save()

@@ -5,7 +5,7 @@ from django.core.exceptions import ValidationError
 from django.utils import timezone
 
 from labeling.models import Annotation, Assignment, Completion, Prompt, Task
-from labeling.services.assignment import assignment_claim_next, assignment_skip
+from labeling.services.assignment import assignment_claim_next, assignment_skip, leases_expire
 from labeling.services.importing import prompts_import, records_from_items
 from labeling.services.project import write_prompt_tasks_create
 from labeling.services.submission import SubmissionConflict, annotation_submit
@@ -113,6 +113,7 @@ def test_a_late_submit_counts_when_the_slot_is_still_free(project, ranked):
 def test_a_late_submit_is_refused_when_someone_else_took_the_slot(project, ranked, dana):
     Assignment.objects.filter(pk=ranked.pk).update(
         expires_at=timezone.now() - timedelta(minutes=1))
+    assert leases_expire() == 1  # the periodic sweeper
     taken = assignment_claim_next(project=project, annotator=dana)
     assert taken.task_id == ranked.task_id
     ranked.refresh_from_db()

@@ -106,7 +106,7 @@ class Command(BaseCommand):
         ):
             text = demonstrations.get(task.prompt.display_text)
             if text:
-                assignment = assignment_create(task=task, annotator=writer)
+                assignment = assignment_create(task=task, annotator=writer, project=project)
                 annotation_submit(assignment=assignment, data={"text": text})
         write_prompt_tasks_create(project=project, count=10)
         return project
