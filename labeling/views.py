@@ -278,6 +278,15 @@ def work(request, project_id):
     return _render_task(request, membership, assignment, kind=kind)
 
 
+def _own_assignment(request, assignment_id):
+    """Return the caller's assignment (404 if not theirs) and their membership."""
+    assignment = selectors.assignment_get_for_annotator(
+        user=request.user, assignment_id=assignment_id
+    )
+    membership = selectors.membership_get(user=request.user, project_id=assignment.project_id)
+    return assignment, membership
+
+
 def _ranking_from_form(post, display_order) -> list[dict]:
     entries = []
     for cid in display_order:
@@ -296,10 +305,7 @@ def _ranking_from_form(post, display_order) -> list[dict]:
 @login_required
 @require_POST
 def submit(request, assignment_id):
-    assignment = selectors.assignment_get_for_annotator(
-        user=request.user, assignment_id=assignment_id
-    )
-    membership = selectors.membership_get(user=request.user, project_id=assignment.project_id)
+    assignment, membership = _own_assignment(request, assignment_id)
     kind = _kind_param(request)
     task = assignment.task
     post = request.POST
@@ -352,10 +358,7 @@ def _next(request, membership, kind):
 @login_required
 @require_POST
 def skip(request, assignment_id):
-    assignment = selectors.assignment_get_for_annotator(
-        user=request.user, assignment_id=assignment_id
-    )
-    membership = selectors.membership_get(user=request.user, project_id=assignment.project_id)
+    assignment, membership = _own_assignment(request, assignment_id)
     try:
         assignment_services.assignment_skip(
             assignment=assignment, reason=request.POST.get("reason", "")

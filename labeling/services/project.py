@@ -43,13 +43,7 @@ def _validate(project: Project) -> None:
 @transaction.atomic
 def project_create(*, creator, name: str, **fields) -> Project:
     """Create a project with the creator as its lead."""
-    project = Project(name=name, created_by=creator)
-    for key, value in fields.items():
-        if key not in EDITABLE_FIELDS:
-            raise ValidationError({key: ["unknown project setting"]})
-        setattr(project, key, value)
-    _validate(project)
-    project.save()
+    project = _apply(Project(name=name, created_by=creator), fields)
     Membership.objects.create(user=creator, project=project, role=Role.LEAD)
     return project
 
@@ -57,6 +51,10 @@ def project_create(*, creator, name: str, **fields) -> Project:
 @transaction.atomic
 def project_update(*, project: Project, **fields) -> Project:
     """Change project settings; existing tasks keep their overlap."""
+    return _apply(project, fields)
+
+
+def _apply(project: Project, fields: dict) -> Project:
     for key, value in fields.items():
         if key not in EDITABLE_FIELDS:
             raise ValidationError({key: ["unknown project setting"]})
