@@ -30,11 +30,7 @@ def membership_get(*, user, project_id, roles=None) -> Membership:
         project_id = int(project_id)
     except (TypeError, ValueError):
         raise Http404 from None
-    membership = (
-        Membership.objects.select_related("project")
-        .filter(user=user, project_id=project_id)
-        .first()
-    )
+    membership = _membership_with_project(user, project_id)
     if membership is None:
         if not user.is_staff:
             raise Http404
@@ -45,6 +41,25 @@ def membership_get(*, user, project_id, roles=None) -> Membership:
     if roles is not None and membership.role not in roles:
         raise PermissionDenied
     return membership
+
+
+_MEMBERSHIP_SQL = (
+    "SELECT p.*, m.id AS m_id, m.role AS m_role, m.is_active AS m_is_active"
+    " FROM labeling_membership m"
+    " JOIN labeling_project p ON p.id = m.project_id WHERE m.user_id = %s AND m.project_id = %s"
+)
+
+
+def _membership_with_project(user, project_id) -> Membership | None:
+    # Every project page and API call starts here: one fixed statement, not a
+    # select_related query built per request.
+    project = next(iter(Project.objects.raw(_MEMBERSHIP_SQL, [user.pk, project_id])), None)
+    if project is None:
+        return None
+    return Membership(
+        id=project.m_id, user=user, project=project, role=project.m_role,
+        is_active=bool(project.m_is_active),
+    )
 
 
 def project_list_for_user(*, user) -> QuerySet[Project]:

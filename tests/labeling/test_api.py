@@ -24,6 +24,20 @@ def test_a_user_gets_a_token_and_uses_it(project, alice):
     assert APIClient().get("/api/v1/projects/").status_code in (401, 403)
 
 
+def test_a_bad_or_inactive_token_is_refused(project, alice):
+    from rest_framework.authtoken.models import Token
+
+    token = Token.objects.create(user=alice).key
+    client = APIClient()
+    client.credentials(HTTP_AUTHORIZATION="Token not-a-token")
+    assert client.get("/api/v1/projects/").status_code == 401
+    client.credentials(HTTP_AUTHORIZATION=f"Token {token}")
+    assert client.get("/api/v1/projects/").status_code == 200
+    alice.is_active = False
+    alice.save()
+    assert client.get("/api/v1/projects/").status_code == 401
+
+
 def test_projects_are_listed_only_for_members(project, api, bob, charlie):
     assert [p["id"] for p in api(bob).get("/api/v1/projects/").json()] == [project.pk]
     assert api(bob).get("/api/v1/projects/").json()[0]["role"] == "annotator"
