@@ -302,6 +302,12 @@ class Assignment(models.Model):
         return f"assignment {self.pk} ({self.state})"
 
 
+class ReviewStatus(models.TextChoices):
+    PENDING = "pending", _("Not reviewed yet")
+    ACCEPTED = "accepted", _("Accepted")
+    REJECTED = "rejected", _("Rejected")
+
+
 class Annotation(models.Model):
     assignment = models.OneToOneField(
         Assignment, on_delete=models.CASCADE, related_name="annotation"
@@ -328,6 +334,17 @@ class Annotation(models.Model):
     time_spent_ms = models.PositiveIntegerField(null=True, blank=True)
     idempotency_key = models.CharField(max_length=100, blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
+    # A lead's review of the demonstration written with this annotation (if any):
+    # rejected demonstrations never reach a training dataset.
+    review_status = models.CharField(
+        max_length=10, choices=ReviewStatus.choices, default=ReviewStatus.PENDING
+    )
+    review_comment = models.TextField(blank=True)
+    reviewed_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL,
+        related_name="+",
+    )
+    reviewed_at = models.DateTimeField(null=True, blank=True)
 
     class Meta:
         constraints = [
@@ -337,7 +354,14 @@ class Annotation(models.Model):
                 name="annotation_idempotency",
             ),
         ]
-        indexes = [models.Index(fields=["project", "kind", "created_at"])]
+        indexes = [
+            models.Index(fields=["project", "kind", "created_at"]),
+            models.Index(
+                fields=["project", "review_status", "id"],
+                name="annotation_review_idx",
+                condition=Q(demonstration__isnull=False),
+            ),
+        ]
 
     def __str__(self):
         return f"{self.kind} annotation {self.pk}"

@@ -9,6 +9,7 @@ from labeling.models import (
     Assignment,
     Membership,
     Project,
+    ReviewStatus,
     Role,
     Task,
     TaskCompletion,
@@ -143,3 +144,32 @@ def annotations_for_project(*, project, kind=None, since=None, until=None) -> Qu
     if until:
         annotations = annotations.filter(created_at__lt=until)
     return annotations
+
+
+def demonstrations_for_review(*, project, status=None) -> QuerySet[Annotation]:
+    """Return a project's annotations that carry a demonstration, oldest first."""
+    rows = (
+        Annotation.objects.filter(project=project, demonstration__isnull=False)
+        .select_related("annotator", "demonstration", "task__prompt", "reviewed_by")
+        .order_by("id")
+    )
+    if status:
+        rows = rows.filter(review_status=status)
+    return rows
+
+
+def demonstration_feedback(*, project, user) -> QuerySet[Annotation]:
+    """Return the user's reviewed demonstrations in a project, newest review first."""
+    return (
+        Annotation.objects.filter(project=project, annotator=user, demonstration__isnull=False)
+        .exclude(review_status=ReviewStatus.PENDING)
+        .select_related("demonstration", "task__prompt")
+        .order_by("-reviewed_at")
+    )
+
+
+def demonstrations_for_training(*, project) -> QuerySet[Annotation]:
+    """Return the demonstrations a training dataset may use: every one not rejected."""
+    return demonstrations_for_review(project=project).exclude(
+        review_status=ReviewStatus.REJECTED
+    )

@@ -19,4 +19,10 @@ urlpatterns = [
     path("assignments/<int:assignment_id>/submit/", views.submit, name="submit"),
     path("assignments/<int:assignment_id>/skip/", views.skip, name="skip"),
     path("tasks/<int:task_id>/gold/", views.task_gold, name="task_gold"),
+    path("projects/<int:project_id>/review/", views.demonstration_review_list,
+         name="demonstration_review_list"),
+    path("annotations/<int:annotation_id>/review/", views.demonstration_review,
+         name="demonstration_review"),
+    path("projects/<int:project_id>/feedback/", views.demonstration_feedback,
+         name="demonstration_feedback"),
 ]

@@ -23,10 +23,19 @@ from labeling.forms import (
     ProjectForm,
     WritePromptTasksForm,
 )
-from labeling.models import Membership, PromptImport, Role, Task, TaskCompletion
+from labeling.models import (
+    Annotation,
+    Membership,
+    PromptImport,
+    ReviewStatus,
+    Role,
+    Task,
+    TaskCompletion,
+)
 from labeling.services import assignment as assignment_services
 from labeling.services import importing
 from labeling.services import project as project_services
+from labeling.services import review as review_services
 from labeling.services.submission import SubmissionConflict, annotation_submit
 
 
@@ -370,3 +379,57 @@ def skip(request, assignment_id):
 
 def healthz(request):
     return HttpResponse("ok", content_type="text/plain")
+
+
+@login_required
+def demonstration_review_list(request, project_id):
+    membership = selectors.membership_get(
+        user=request.user, project_id=project_id, roles=selectors.LEAD_ROLES
+    )
+    status = request.GET.get("status", ReviewStatus.PENDING)
+    if status not in ReviewStatus.values:
+        status = ReviewStatus.PENDING
+    rows = selectors.demonstrations_for_review(project=membership.project, status=status)[:50]
+    return render(request, "labeling/review.html", {
+        "project": membership.project, "rows": rows, "status": status,
+        "statuses": ReviewStatus.choices,
+    })
+
+
+@login_required
+@require_POST
+def demonstration_review(request, annotation_id):
+    annotation = get_object_or_404(
+        Annotation.objects.select_related("annotator", "demonstration", "task__prompt"),
+        pk=annotation_id,
+    )
+    membership = selectors.membership_get(
+        user=request.user, project_id=annotation.project_id, roles=selectors.LEAD_ROLES
+    )
+    error = None
+    try:
+        annotation = review_services.demonstration_review(
+            annotation=annotation,
+            reviewer=request.user,
+            accepted=request.POST.get("verdict") == "accept",
+            comment=request.POST.get("comment", ""),
+        )
+    except ValidationError as exc:
+        error = " ".join(_validation_messages(exc))
+    if not request.htmx:
+        if error:
+            messages.warning(request, error)
+        return redirect("labeling:demonstration_review_list", project_id=membership.project_id)
+    annotation = selectors.demonstrations_for_review(project=membership.project).get(
+        pk=annotation.pk
+    )
+    return render(request, "labeling/_review_row.html",
+                  {"row": annotation, "project": membership.project, "error": error})
+
+
+@login_required
+def demonstration_feedback(request, project_id):
+    membership = selectors.membership_get(user=request.user, project_id=project_id)
+    rows = selectors.demonstration_feedback(project=membership.project, user=request.user)[:100]
+    return render(request, "labeling/feedback.html", {"project": membership.project,
+                                                      "rows": rows})
