@@ -513,3 +513,50 @@ class TaskGoldApi(APIView):
         except DjangoValidationError as exc:
             _raise_validation(exc)
         return Response({"is_gold": task.is_gold})
+
+
+class AgreementApi(APIView):
+    """Inter-annotator agreement of a project (leads and engineers), as last refreshed."""
+
+    @extend_schema(
+        responses=inline_serializer(
+            "AgreementOutput",
+            {
+                "method": serializers.CharField(),
+                "agreement": serializers.FloatField(allow_null=True),
+                "interval": serializers.ListField(child=serializers.FloatField(),
+                                                  allow_null=True),
+                "confidence": serializers.FloatField(),
+                "tasks": serializers.IntegerField(),
+                "pairs": serializers.IntegerField(),
+                "reference": serializers.DictField(),
+                "annotators": serializers.ListField(child=serializers.DictField()),
+                "computed_at": serializers.DateTimeField(allow_null=True),
+            },
+        )
+    )
+    def get(self, request, project_id):
+        from labeling.models import ProjectAgreement
+        from labeling.services.metrics import annotator_agreements
+
+        membership = _membership(request, project_id, roles=selectors.DATA_ROLES)
+        project = membership.project
+        stored = ProjectAgreement.objects.filter(project=project).first()
+        interval = None
+        if stored and stored.interval_low is not None:
+            interval = [stored.interval_low, stored.interval_high]
+        return Response({
+            "method": "pairwise agreement on comparisons: the share of response pairs two "
+                      "annotators of a task order the same way (a tie against a strict order "
+                      "disagrees; pairs both tie are left out), averaged over annotator pairs; "
+                      "95% percentile bootstrap over tasks",
+            "agreement": stored.agreement if stored else None,
+            "interval": interval,
+            "confidence": 0.95,
+            "tasks": stored.tasks if stored else 0,
+            "pairs": stored.pairs if stored else 0,
+            "reference": {"instructgpt_training_labelers": 0.726,
+                          "instructgpt_heldout_labelers": 0.773},
+            "annotators": annotator_agreements(project=project),
+            "computed_at": stored.computed_at if stored else None,
+        })

@@ -11,6 +11,8 @@ urlpatterns = [
          name="api_prompt_import"),
     path("projects/<int:project_id>/tasks/next/", api.NextTaskApi.as_view(),
          name="api_next_task"),
+    path("projects/<int:project_id>/agreement/", api.AgreementApi.as_view(),
+         name="api_agreement"),
     path("projects/<int:project_id>/annotations/", api.AnnotationListApi.as_view(),
          name="api_annotations"),
     path("assignments/<int:assignment_id>/submit/", api.SubmitApi.as_view(), name="api_submit"),

@@ -395,3 +395,62 @@ class PromptImport(models.Model):
 
     def __str__(self):
         return f"import {self.pk} of {self.file_name}"
+
+
+class TaskAgreement(models.Model):
+    """Stored agreement parts of one multiply-ranked task (refreshed by a periodic job)."""
+
+    task = models.OneToOneField(
+        Task, on_delete=models.CASCADE, primary_key=True, related_name="agreement"
+    )
+    project = models.ForeignKey(Project, on_delete=models.CASCADE, related_name="+")
+    # The task's submitted_count when computed: a differing count marks the row stale.
+    annotations = models.PositiveIntegerField()
+    # Sum of pairwise agreement over annotator pairs with a defined value, and their count.
+    pair_sum = models.FloatField()
+    pair_count = models.PositiveIntegerField()
+    computed_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        indexes = [models.Index(fields=["project"])]
+
+    def __str__(self):
+        return f"agreement of task {self.task_id}"
+
+
+class AnnotatorTaskAgreement(models.Model):
+    """One annotator's agreement parts with the others on one task (leave-one-out)."""
+
+    task = models.ForeignKey(Task, on_delete=models.CASCADE, related_name="+")
+    annotator = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="+"
+    )
+    project = models.ForeignKey(Project, on_delete=models.CASCADE, related_name="+")
+    agree_sum = models.FloatField()
+    pair_count = models.PositiveIntegerField()
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["task", "annotator"], name="annotator_task_once"),
+        ]
+        indexes = [models.Index(fields=["project", "annotator"])]
+
+    def __str__(self):
+        return f"agreement of {self.annotator_id} on task {self.task_id}"
+
+
+class ProjectAgreement(models.Model):
+    """The project's overall agreement with its bootstrap interval, as last computed."""
+
+    project = models.OneToOneField(
+        Project, on_delete=models.CASCADE, primary_key=True, related_name="agreement"
+    )
+    agreement = models.FloatField(null=True)
+    interval_low = models.FloatField(null=True)
+    interval_high = models.FloatField(null=True)
+    tasks = models.PositiveIntegerField(default=0)
+    pairs = models.PositiveIntegerField(default=0)
+    computed_at = models.DateTimeField(auto_now=True)
+
+    def __str__(self):
+        return f"agreement of {self.project}"

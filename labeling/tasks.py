@@ -18,3 +18,11 @@ def expire_leases_task() -> int:
     while (expired := leases_expire()) > 0:
         total += expired
     return total
+
+
+@shared_task(name="labeling.refresh_agreement", time_limit=600)
+def refresh_agreement_task() -> int:
+    from labeling.models import Project
+    from labeling.services.metrics import agreement_refresh
+
+    return sum(agreement_refresh(project=project) for project in Project.objects.all())

@@ -190,6 +190,7 @@ CELERY_TASK_SOFT_TIME_LIMIT = 55 * 60
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 CELERY_BEAT_SCHEDULE = {
     "expire-leases": {"task": "labeling.expire_leases", "schedule": 60.0},
+    "refresh-agreement": {"task": "labeling.refresh_agreement", "schedule": 60.0},
 }
 
 LOGGING = {

@@ -1,0 +1,104 @@
+"""Stored agreement: incremental refreshes equal a full recompute; the API reads them."""
+
+import random
+
+import pytest
+from django.core.management import call_command
+
+from labeling import agreement
+from labeling.models import Annotation, AnnotatorTaskAgreement, ProjectAgreement, TaskAgreement
+from labeling.services.assignment import assignment_claim_next
+from labeling.services.importing import prompts_import, records_from_items
+from labeling.services.metrics import agreement_refresh
+from labeling.services.project import membership_add, project_update
+from labeling.services.submission import annotation_submit
+from tests.conftest import rank_items
+
+
+def _annotators(project, n):
+    return [membership_add(project=project, username=f"m{i}", role="annotator",
+                           password="correct-horse-battery")[0].user for i in range(n)]
+
+
+def _submit_random(project, annotator, rng):
+    assignment = assignment_claim_next(project=project, annotator=annotator)
+    if assignment is None:
+        return False
+    order = list(assignment.display_order)
+    rng.shuffle(order)
+    ranks = [1, 1, 2, 3] if rng.random() < 0.3 else [1, 2, 3, 4]
+    ranking = [{"completion": c, "rank": r, "rating": 4} for c, r in zip(order, ranks,
+                                                                        strict=True)]
+    annotation_submit(assignment=assignment, data={"ranking": ranking})
+    return True
+
+
+def _snapshot(project):
+    tasks = sorted(TaskAgreement.objects.filter(project=project).values_list(
+        "task_id", "annotations", "pair_sum", "pair_count"))
+    people = sorted(AnnotatorTaskAgreement.objects.filter(project=project).values_list(
+        "task_id", "annotator_id", "agree_sum", "pair_count"))
+    overall = ProjectAgreement.objects.get(project=project)
+    return tasks, people, (overall.agreement, overall.tasks, overall.pairs)
+
+
+def test_incremental_refreshes_equal_a_full_recompute(project):
+    project_update(project=project, overlap=3, per_user_cap=1000)
+    prompts_import(project=project, records=records_from_items(rank_items(30)))
+    people = _annotators(project, 5)
+    rng = random.Random(7)
+    for step in range(120):
+        _submit_random(project, rng.choice(people), rng)
+        if step % 17 == 0:
+            agreement_refresh(project=project)
+    agreement_refresh(project=project)
+    incremental = _snapshot(project)
+    call_command("recompute_agreement", project=project.pk)
+    assert _snapshot(project) == incremental
+    # The stored figure is the pure module's project agreement over the same rankings.
+    tasks: dict = {}
+    for task_id, annotator_id, ranking in Annotation.objects.filter(
+            project=project, kind="rank").values_list("task_id", "annotator_id", "ranking"):
+        tasks.setdefault(task_id, {})[annotator_id] = agreement.ranks_of(ranking)
+    expected = agreement.project_agreement([t for t in tasks.values() if len(t) >= 2])
+    assert incremental[2][0] == pytest.approx(expected)
+
+
+def test_identical_and_reversed_rankings(project, bob, dana):
+    project_update(project=project, overlap=2)
+    prompts_import(project=project, records=records_from_items(rank_items(2)))
+    for user, reverse in ((bob, False), (dana, True)):
+        for _ in range(2):
+            a = assignment_claim_next(project=project, annotator=user)
+            ids = sorted(a.display_order, reverse=reverse and a.task_id % 2 == 0)
+            ranking = [{"completion": c, "rank": i + 1, "rating": 4} for i, c in enumerate(ids)]
+            annotation_submit(assignment=a, data={"ranking": ranking})
+    agreement_refresh(project=project)
+    per_task = dict(TaskAgreement.objects.values_list("task_id", "pair_sum"))
+    assert sorted(per_task.values()) == [0.0, 1.0]
+    assert ProjectAgreement.objects.get(project=project).agreement == pytest.approx(0.5)
+
+
+def test_the_agreement_api_is_for_leads_and_engineers(project, api, alice, bob, charlie, erin):
+    url = f"/api/v1/projects/{project.pk}/agreement/"
+    assert api(charlie).get(url).status_code == 404
+    assert api(bob).get(url).status_code == 403
+    agreement_refresh(project=project)
+    body = api(erin).get(url).json()
+    assert body["agreement"] is None and body["tasks"] == 0
+    assert body["reference"]["instructgpt_training_labelers"] == 0.726
+    assert api(alice).get(url).status_code == 200
+
+
+def test_the_api_reports_the_interval_and_each_annotator(project, api, alice):
+    project_update(project=project, overlap=2, per_user_cap=1000)
+    prompts_import(project=project, records=records_from_items(rank_items(12)))
+    people = _annotators(project, 3)
+    rng = random.Random(1)
+    while any([_submit_random(project, p, rng) for p in people]):  # a round each
+        pass
+    agreement_refresh(project=project)
+    body = api(alice).get(f"/api/v1/projects/{project.pk}/agreement/").json()
+    low, high = body["interval"]
+    assert low <= body["agreement"] <= high and body["tasks"] == 12
+    assert {row["annotator"] for row in body["annotators"]} == {"m0", "m1", "m2"}
