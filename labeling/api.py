@@ -560,3 +560,20 @@ class AgreementApi(APIView):
             "annotators": annotator_agreements(project=project),
             "computed_at": stored.computed_at if stored else None,
         })
+
+
+class StatsApi(APIView):
+    """Progress per task kind and split, throughput per day and pace (leads, engineers)."""
+
+    @extend_schema(responses=inline_serializer("StatsOutput", {
+        "progress": serializers.ListField(child=serializers.DictField()),
+        "throughput": serializers.ListField(child=serializers.DictField()),
+        "active_annotators_7d": serializers.IntegerField(),
+        "active_annotators_24h": serializers.IntegerField(),
+        "queue_depth": serializers.IntegerField(),
+        "annotations_per_day_7d": serializers.FloatField(),
+        "days_to_finish": serializers.FloatField(allow_null=True),
+    }))
+    def get(self, request, project_id):
+        membership = _membership(request, project_id, roles=selectors.DATA_ROLES)
+        return Response(selectors.project_stats(project=membership.project))

@@ -11,6 +11,7 @@ urlpatterns = [
          name="api_prompt_import"),
     path("projects/<int:project_id>/tasks/next/", api.NextTaskApi.as_view(),
          name="api_next_task"),
+    path("projects/<int:project_id>/stats/", api.StatsApi.as_view(), name="api_stats"),
     path("projects/<int:project_id>/agreement/", api.AgreementApi.as_view(),
          name="api_agreement"),
     path("projects/<int:project_id>/annotations/", api.AnnotationListApi.as_view(),

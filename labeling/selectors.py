@@ -173,3 +173,118 @@ def demonstrations_for_training(*, project) -> QuerySet[Annotation]:
     return demonstrations_for_review(project=project).exclude(
         review_status=ReviewStatus.REJECTED
     )
+
+
+def project_stats(*, project, days: int = 30) -> dict:
+    """Return progress per task kind and split, throughput per day, activity and pace."""
+    from datetime import timedelta
+
+    from django.db.models import F, Sum
+    from django.db.models.functions import TruncDate
+    from django.utils import timezone
+
+    now = timezone.now()
+    tasks = Task.objects.filter(project=project, is_gold=False)
+    progress = []
+    rows = (
+        tasks.values("kind", "prompt__split")
+        .annotate(
+            total=Count("id"),
+            done=Count("id", filter=Q(status=Task.Status.COMPLETE)),
+            in_progress=Count(
+                "id", filter=Q(status=Task.Status.OPEN) & (Q(assigned_count__gt=0)
+                                                           | Q(submitted_count__gt=0))
+            ),
+        )
+        .order_by("kind", "prompt__split")
+    )
+    for row in rows:
+        progress.append({
+            "kind": row["kind"], "label": str(Task.Kind(row["kind"]).label),
+            "split": row["prompt__split"] or "", "total": row["total"],
+            "done": row["done"], "in_progress": row["in_progress"],
+            "remaining": row["total"] - row["done"] - row["in_progress"],
+        })
+    since = (now - timedelta(days=days - 1)).date()
+    per_day = dict(
+        Annotation.objects.filter(project=project, created_at__date__gte=since)
+        .annotate(day=TruncDate("created_at"))
+        .values("day")
+        .annotate(n=Count("id"))
+        .values_list("day", "n")
+    )
+    throughput = [
+        {"day": since + timedelta(days=i), "annotations": per_day.get(since + timedelta(days=i), 0)}
+        for i in range(days)
+    ]
+    recent = Annotation.objects.filter(project=project, created_at__gte=now - timedelta(days=7))
+    last_week = recent.count()
+    queue_depth = (
+        tasks.filter(status=Task.Status.OPEN)
+        .aggregate(n=Sum(F("required_annotations") - F("submitted_count")))["n"]
+        or 0
+    )
+    per_day_rate = last_week / 7
+    return {
+        "progress": progress,
+        "throughput": throughput,
+        "active_annotators_7d": recent.values("annotator").distinct().count(),
+        "active_annotators_24h": Annotation.objects.filter(
+            project=project, created_at__gte=now - timedelta(days=1)
+        ).values("annotator").distinct().count(),
+        "queue_depth": queue_depth,
+        "annotations_per_day_7d": round(per_day_rate, 1),
+        "days_to_finish": round(queue_depth / per_day_rate, 1) if per_day_rate else None,
+    }
+
+
+def annotator_table(*, project) -> list[dict]:
+    """Return one row per annotator member: work done, time, agreement, gold, skips, state."""
+    from statistics import median
+
+    from django.db.models import Avg
+
+    from labeling.services.metrics import annotator_agreements
+
+    members = list(
+        Membership.objects.filter(project=project, role=Role.ANNOTATOR)
+        .select_related("user").order_by("user__username")
+    )
+    counts = {
+        row["annotator_id"]: row
+        for row in Annotation.objects.filter(project=project).values("annotator_id").annotate(
+            tasks=Count("id"), gold=Avg("gold_score")
+        )
+    }
+    times: dict[int, list[int]] = {}
+    for annotator_id, spent in Annotation.objects.filter(
+        project=project, time_spent_ms__isnull=False
+    ).values_list("annotator_id", "time_spent_ms"):
+        times.setdefault(annotator_id, []).append(spent)
+    finished = {
+        (row["annotator_id"], row["state"]): row["n"]
+        for row in Assignment.objects.filter(
+            project=project,
+            state__in=[Assignment.State.SUBMITTED, Assignment.State.SKIPPED],
+        ).values("annotator_id", "state").annotate(n=Count("id"))
+    }
+    agreement = {row["annotator"]: row for row in annotator_agreements(project=project)}
+    table = []
+    for member in members:
+        uid = member.user_id
+        submitted = finished.get((uid, Assignment.State.SUBMITTED), 0)
+        skipped = finished.get((uid, Assignment.State.SKIPPED), 0)
+        row = counts.get(uid, {})
+        spent = times.get(uid)
+        agree = agreement.get(member.user.username)
+        table.append({
+            "membership": member,
+            "username": member.user.username,
+            "active": member.is_active,
+            "tasks": row.get("tasks", 0),
+            "median_seconds": round(median(spent) / 1000, 1) if spent else None,
+            "agreement": round(agree["agreement"], 3) if agree else None,
+            "gold_accuracy": round(row["gold"], 3) if row.get("gold") is not None else None,
+            "skip_rate": round(skipped / (submitted + skipped), 3) if submitted + skipped else None,
+        })
+    return table

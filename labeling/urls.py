@@ -23,6 +23,11 @@ urlpatterns = [
          name="demonstration_review_list"),
     path("annotations/<int:annotation_id>/review/", views.demonstration_review,
          name="demonstration_review"),
+    path("projects/<int:project_id>/dashboard/", views.dashboard, name="dashboard"),
+    path("projects/<int:project_id>/annotators.csv", views.annotators_csv,
+         name="annotators_csv"),
+    path("projects/<int:project_id>/members/<str:username>/active/", views.member_active,
+         name="member_active"),
     path("projects/<int:project_id>/feedback/", views.demonstration_feedback,
          name="demonstration_feedback"),
 ]

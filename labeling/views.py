@@ -1,5 +1,6 @@
 """Pages for annotators and leads (server-rendered, htmx for the task panel)."""
 
+import csv
 import uuid
 
 from django.contrib import messages
@@ -13,6 +14,7 @@ from django.utils.translation import ngettext
 from django.views.decorators.http import require_POST
 
 from labeling import selectors
+from labeling.charts import bar_chart
 from labeling.flags import FLAGS, RATING_MAX, RATING_MIN
 from labeling.forms import (
     CATEGORY_CHOICES,
@@ -26,6 +28,7 @@ from labeling.forms import (
 from labeling.models import (
     Annotation,
     Membership,
+    ProjectAgreement,
     PromptImport,
     ReviewStatus,
     Role,
@@ -433,3 +436,55 @@ def demonstration_feedback(request, project_id):
     rows = selectors.demonstration_feedback(project=membership.project, user=request.user)[:100]
     return render(request, "labeling/feedback.html", {"project": membership.project,
                                                       "rows": rows})
+
+
+@login_required
+def dashboard(request, project_id):
+    membership = selectors.membership_get(
+        user=request.user, project_id=project_id, roles=selectors.DATA_ROLES
+    )
+    project = membership.project
+    stats = selectors.project_stats(project=project)
+    throughput = [(row["day"].strftime("%m-%d"), row["annotations"])
+                  for row in stats["throughput"]]
+    return render(request, "labeling/dashboard.html", {
+        "project": project,
+        "is_lead": membership.role == Role.LEAD,
+        "stats": stats,
+        "chart": bar_chart(throughput),
+        "agreement": ProjectAgreement.objects.filter(project=project).first(),
+        "annotators": selectors.annotator_table(project=project),
+    })
+
+
+_ANNOTATOR_COLUMNS = ["username", "active", "tasks", "median_seconds", "agreement",
+                      "gold_accuracy", "skip_rate"]
+
+
+@login_required
+def annotators_csv(request, project_id):
+    membership = selectors.membership_get(
+        user=request.user, project_id=project_id, roles=selectors.DATA_ROLES
+    )
+    response = HttpResponse(content_type="text/csv; charset=utf-8")
+    response["Content-Disposition"] = (
+        f'attachment; filename="annotators-project-{membership.project_id}.csv"'
+    )
+    writer = csv.writer(response)
+    writer.writerow(_ANNOTATOR_COLUMNS)
+    for row in selectors.annotator_table(project=membership.project):
+        writer.writerow(["" if row[c] is None else row[c] for c in _ANNOTATOR_COLUMNS])
+    return response
+
+
+@login_required
+@require_POST
+def member_active(request, project_id, username):
+    membership = selectors.membership_get(
+        user=request.user, project_id=project_id, roles=selectors.LEAD_ROLES
+    )
+    member = get_object_or_404(Membership, project=membership.project, user__username=username)
+    project_services.membership_set_active(
+        membership=member, active=request.POST.get("active") == "1"
+    )
+    return redirect("labeling:dashboard", project_id=membership.project_id)

@@ -133,3 +133,10 @@ def task_set_gold(*, task: Task, ranking: dict | None) -> Task:
     task.gold_ranking = {str(cid): rank for cid, rank in cleaned.items()}
     task.save(update_fields=["is_gold", "gold_ranking"])
     return task
+
+
+def membership_set_active(*, membership: Membership, active: bool) -> Membership:
+    """Pause or reactivate an annotator's work in a project (a paused one gets no task)."""
+    membership.is_active = active
+    membership.save(update_fields=["is_active"])
+    return membership

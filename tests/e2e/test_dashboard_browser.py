@@ -1,0 +1,32 @@
+"""The lead's dashboard in headless Chromium: the charts are drawn, nothing is blocked."""
+
+import pytest
+from playwright.sync_api import expect
+
+from labeling.services.assignment import assignment_claim_next
+from labeling.services.importing import prompts_import, records_from_items
+from labeling.services.submission import annotation_submit
+from tests.conftest import rank_items
+from tests.e2e.conftest import login
+
+pytestmark = pytest.mark.browser
+
+
+def test_the_dashboard_draws_its_chart_with_data(page, project, bob, dana):
+    prompts_import(project=project, records=records_from_items(rank_items(4)))
+    for user in (bob, dana, bob):
+        a = assignment_claim_next(project=project, annotator=user)
+        ranking = [{"completion": c, "rank": i + 1, "rating": 4}
+                   for i, c in enumerate(a.display_order)]
+        annotation_submit(assignment=a, data={"ranking": ranking})
+    login(page, "alice", f"/projects/{project.pk}/dashboard/")
+    chart = page.locator("#throughput-chart")
+    expect(chart).to_be_visible()
+    bars = chart.locator("rect.bar")
+    expect(bars).to_have_count(30)
+    today = bars.nth(29)
+    box = today.bounding_box()
+    assert box is not None and box["height"] > 20  # today's bar holds the 3 annotations
+    assert bars.nth(0).bounding_box()["height"] == 0
+    expect(page.locator("#annotator-table")).to_contain_text("bob")
+    page.problems.assert_clean()

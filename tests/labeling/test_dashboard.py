@@ -1,0 +1,85 @@
+"""The lead's dashboard, stats API, annotator table and CSV, and pausing an annotator."""
+
+import csv
+import io
+
+from labeling.models import Membership
+from labeling.services.assignment import assignment_claim_next, assignment_skip
+from labeling.services.metrics import agreement_refresh
+from labeling.services.project import project_update
+from labeling.services.submission import annotation_submit
+
+
+def _rank(project, user):
+    a = assignment_claim_next(project=project, annotator=user)
+    ranking = [{"completion": c, "rank": i + 1, "rating": 5}
+               for i, c in enumerate(sorted(a.display_order))]
+    annotation_submit(assignment=a, data={"ranking": ranking}, time_spent_ms=4000)
+
+
+def test_the_dashboard_and_stats_are_for_leads_and_engineers(project, rank_tasks, client, api,
+                                                             alice, bob, erin, charlie):
+    for path in ("/projects/{}/dashboard/", "/projects/{}/annotators.csv"):
+        url = path.format(project.pk)
+        client.force_login(charlie)
+        assert client.get(url).status_code == 404
+        client.force_login(bob)
+        assert client.get(url).status_code == 403
+        for user in (alice, erin):
+            client.force_login(user)
+            assert client.get(url).status_code == 200
+    stats = f"/api/v1/projects/{project.pk}/stats/"
+    assert api(charlie).get(stats).status_code == 404
+    assert api(bob).get(stats).status_code == 403
+    assert api(erin).get(stats).status_code == 200
+
+
+def test_stats_count_progress_queue_and_throughput(project, rank_tasks, api, bob, dana, alice):
+    project_update(project=project, overlap=2)
+    rank_tasks.update(required_annotations=2)
+    _rank(project, bob)
+    _rank(project, dana)  # the same first task: now complete
+    _rank(project, bob)
+    body = api(alice).get(f"/api/v1/projects/{project.pk}/stats/").json()
+    done = sum(row["done"] for row in body["progress"])
+    in_progress = sum(row["in_progress"] for row in body["progress"])
+    assert (done, in_progress) == (1, 1)
+    assert sum(row["total"] for row in body["progress"]) == 8
+    assert body["queue_depth"] == 8 * 2 - 3
+    assert body["throughput"][-1]["annotations"] == 3 and len(body["throughput"]) == 30
+    assert body["active_annotators_24h"] == 2
+    assert body["days_to_finish"] == round(13 / (3 / 7), 1)
+
+
+def test_the_annotator_table_and_csv(project, rank_tasks, client, alice, bob, dana):
+    project_update(project=project, overlap=2)
+    rank_tasks.update(required_annotations=2)
+    for _ in range(2):
+        _rank(project, bob)
+        _rank(project, dana)
+    skipped = assignment_claim_next(project=project, annotator=bob)
+    assignment_skip(assignment=skipped, reason="unclear")
+    agreement_refresh(project=project)
+    client.force_login(alice)
+    page = client.get(f"/projects/{project.pk}/dashboard/").content.decode()
+    assert 'id="throughput-chart"' in page and "<rect" in page
+    rows = list(csv.DictReader(io.StringIO(
+        client.get(f"/projects/{project.pk}/annotators.csv").content.decode())))
+    by_name = {row["username"]: row for row in rows}
+    assert by_name["bob"]["tasks"] == "2" and by_name["bob"]["median_seconds"] == "4.0"
+    assert by_name["bob"]["skip_rate"] == str(round(1 / 3, 3))
+    assert by_name["bob"]["agreement"] == "1.0"  # both sorted the same way
+
+
+def test_a_lead_pauses_and_reactivates_an_annotator(project, rank_tasks, client, api, alice,
+                                                    bob):
+    client.force_login(bob)
+    url = f"/projects/{project.pk}/members/bob/active/"
+    assert client.post(url, {"active": "0"}).status_code == 403
+    client.force_login(alice)
+    client.post(url, {"active": "0"})
+    assert not Membership.objects.get(user=bob).is_active
+    next_url = f"/api/v1/projects/{project.pk}/tasks/next/"
+    assert api(bob).post(next_url, {}, format="json").status_code == 403
+    client.post(url, {"active": "1"})
+    assert api(bob).post(next_url, {}, format="json").status_code == 200
