@@ -1,7 +1,7 @@
 """Read-side queries with membership scoping baked in: a caller cannot forget the check."""
 
 from django.core.exceptions import PermissionDenied
-from django.db.models import Count, Q, QuerySet
+from django.db.models import Count, F, Q, QuerySet
 from django.http import Http404
 
 from labeling.models import (
@@ -179,7 +179,7 @@ def project_stats(*, project, days: int = 30) -> dict:
     """Return progress per task kind and split, throughput per day, activity and pace."""
     from datetime import timedelta
 
-    from django.db.models import F, Sum
+    from django.db.models import Sum
     from django.db.models.functions import TruncDate
     from django.utils import timezone
 
@@ -288,3 +288,54 @@ def annotator_table(*, project) -> list[dict]:
             "skip_rate": round(skipped / (submitted + skipped), 3) if submitted + skipped else None,
         })
     return table
+
+
+def disagreements(*, project, limit: int = 20) -> list[dict]:
+    """Return the multiply-ranked tasks with the lowest stored agreement, lowest first.
+
+    Each row holds the prompt, the responses in stored order, every annotator's ranks and
+    the ranked-pairs consensus, so a lead can compare them side by side.
+    """
+    from labeling import agreement as metrics
+    from labeling.models import TaskAgreement
+
+    worst = list(
+        TaskAgreement.objects.filter(project=project, pair_count__gt=0)
+        .annotate(score=F("pair_sum") / F("pair_count"))
+        .order_by("score", "task_id")
+        .values_list("task_id", "score")[:limit]
+    )
+    if not worst:
+        return []
+    ids = [task_id for task_id, _ in worst]
+    tasks = Task.objects.in_bulk(ids)
+    prompts = {t.pk: t.prompt_id for t in tasks.values()}
+    from labeling.models import Prompt
+
+    prompt_rows = Prompt.objects.in_bulk(list(prompts.values()))
+    responses: dict[int, list] = {}
+    for task_id, cid, text in TaskCompletion.objects.filter(task_id__in=ids).order_by(
+        "task_id", "position"
+    ).values_list("task_id", "completion_id", "completion__text"):
+        responses.setdefault(task_id, []).append((cid, text))
+    rankings: dict[int, dict] = {}
+    for task_id, username, ranking in Annotation.objects.filter(
+        task_id__in=ids, kind=Task.Kind.RANK
+    ).order_by("annotator__username").values_list("task_id", "annotator__username", "ranking"):
+        rankings.setdefault(task_id, {})[username] = metrics.ranks_of(ranking or [])
+    rows = []
+    for task_id, score in worst:
+        by_annotator = rankings.get(task_id, {})
+        consensus = metrics.consensus_ranked_pairs(list(by_annotator.values()))
+        rows.append({
+            "task": task_id,
+            "agreement": round(score, 3),
+            "prompt": prompt_rows[prompts[task_id]].display_text,
+            "annotators": list(by_annotator),
+            "responses": [
+                {"text": text, "consensus": consensus.get(cid),
+                 "ranks": [by_annotator[name].get(cid) for name in by_annotator]}
+                for cid, text in responses.get(task_id, [])
+            ],
+        })
+    return rows

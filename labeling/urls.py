@@ -24,6 +24,8 @@ urlpatterns = [
     path("annotations/<int:annotation_id>/review/", views.demonstration_review,
          name="demonstration_review"),
     path("projects/<int:project_id>/dashboard/", views.dashboard, name="dashboard"),
+    path("projects/<int:project_id>/disagreements/", views.disagreement_explorer,
+         name="disagreements"),
     path("projects/<int:project_id>/annotators.csv", views.annotators_csv,
          name="annotators_csv"),
     path("projects/<int:project_id>/members/<str:username>/active/", views.member_active,

@@ -488,3 +488,14 @@ def member_active(request, project_id, username):
         membership=member, active=request.POST.get("active") == "1"
     )
     return redirect("labeling:dashboard", project_id=membership.project_id)
+
+
+@login_required
+def disagreement_explorer(request, project_id):
+    membership = selectors.membership_get(
+        user=request.user, project_id=project_id, roles=selectors.DATA_ROLES
+    )
+    return render(request, "labeling/disagreements.html", {
+        "project": membership.project,
+        "rows": selectors.disagreements(project=membership.project),
+    })

@@ -83,3 +83,30 @@ def test_a_lead_pauses_and_reactivates_an_annotator(project, rank_tasks, client,
     assert api(bob).post(next_url, {}, format="json").status_code == 403
     client.post(url, {"active": "1"})
     assert api(bob).post(next_url, {}, format="json").status_code == 200
+
+
+def test_the_disagreement_explorer_lists_the_worst_task_first(project, rank_tasks, client,
+                                                             alice, bob, dana, charlie):
+    project_update(project=project, overlap=2)
+    rank_tasks.update(required_annotations=2)
+    for reverse_second in (False, True):
+        a = assignment_claim_next(project=project, annotator=bob)
+        ids = sorted(a.display_order)
+        annotation_submit(assignment=a, data={"ranking": [
+            {"completion": c, "rank": i + 1, "rating": 4} for i, c in enumerate(ids)]})
+        b = assignment_claim_next(project=project, annotator=dana)
+        order = ids[::-1] if reverse_second else ids
+        annotation_submit(assignment=b, data={"ranking": [
+            {"completion": c, "rank": i + 1, "rating": 4, "flags": []}
+            for i, c in enumerate(order)]})
+    agreement_refresh(project=project)
+    url = f"/projects/{project.pk}/disagreements/"
+    client.force_login(charlie)
+    assert client.get(url).status_code == 404
+    client.force_login(bob)
+    assert client.get(url).status_code == 403
+    client.force_login(alice)
+    page = client.get(url).content.decode()
+    worst, best = page.index("agreement 0.0"), page.index("agreement 1.0")
+    assert worst < best
+    assert "<th>bob</th>" in page and "<th>dana</th>" in page
