@@ -86,7 +86,8 @@ class ProjectOutput(serializers.ModelSerializer):
         model = Project
         fields = [
             "id", "name", "k", "allow_ties", "overlap", "guidelines", "agreement_sample_rate",
-            "agreement_overlap", "lease_minutes", "flags", "gold_rate", "per_user_cap",
+            "agreement_overlap", "lease_minutes", "flags", "gold_rate", "gold_threshold",
+            "gold_min_answers", "per_user_cap",
             "dedup_prefix_chars", "split_train", "split_valid", "created_at", "role",
         ]
 
@@ -105,6 +106,9 @@ class ProjectInput(serializers.Serializer):
     lease_minutes = serializers.IntegerField(required=False, min_value=1, max_value=24 * 60)
     flags = serializers.ListField(child=serializers.CharField(), required=False)
     gold_rate = serializers.FloatField(required=False, min_value=0, max_value=1)
+    gold_threshold = serializers.FloatField(required=False, allow_null=True, min_value=0,
+                                            max_value=1)
+    gold_min_answers = serializers.IntegerField(required=False, min_value=1)
     per_user_cap = serializers.IntegerField(required=False, min_value=1)
     dedup_prefix_chars = serializers.IntegerField(required=False, min_value=0)
     split_train = serializers.IntegerField(required=False, min_value=0, max_value=100)
@@ -329,8 +333,9 @@ class NextTaskApi(APIView):
     @extend_schema(request=NextInput, responses={200: NextOutput, 204: None})
     def post(self, request, project_id):
         membership = _membership(request, project_id)
-        if not membership.is_active:
-            raise PermissionDenied("your work in this project is paused")
+        refusal = assignment_services.work_refusal(membership=membership)
+        if refusal:
+            raise PermissionDenied(refusal)
         data = NextInput(data=request.data)
         data.is_valid(raise_exception=True)
         assignment = assignment_services.assignment_claim_next(

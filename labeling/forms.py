@@ -19,7 +19,8 @@ class ProjectForm(forms.ModelForm):
         model = Project
         fields = [
             "name", "guidelines", "k", "allow_ties", "overlap", "agreement_sample_rate",
-            "agreement_overlap", "lease_minutes", "flags", "gold_rate", "per_user_cap",
+            "agreement_overlap", "lease_minutes", "flags", "gold_rate", "gold_threshold",
+            "gold_min_answers", "per_user_cap",
             "dedup_prefix_chars", "split_train", "split_valid",
         ]
         widgets = {"guidelines": forms.Textarea(attrs={"rows": 10})}

@@ -54,6 +54,13 @@ class Project(models.Model):
     lease_minutes = models.PositiveIntegerField(_("lease length (minutes)"), default=30)
     flags = models.JSONField(_("flags asked per response"), default=default_flags)
     gold_rate = models.FloatField(_("share of gold tasks in the queue"), default=0.05)
+    gold_threshold = models.FloatField(
+        _("pause an annotator whose gold accuracy falls below (empty: never)"),
+        null=True, blank=True,
+    )
+    gold_min_answers = models.PositiveIntegerField(
+        _("gold answers before the threshold applies"), default=5
+    )
     per_user_cap = models.PositiveIntegerField(_("prompts per external user"), default=200)
     dedup_prefix_chars = models.PositiveIntegerField(
         _("deduplicate prompts sharing this many leading characters (0: off)"), default=200
@@ -99,6 +106,9 @@ class Membership(models.Model):
     project = models.ForeignKey(Project, on_delete=models.CASCADE, related_name="memberships")
     role = models.CharField(max_length=16, choices=Role.choices, default=Role.ANNOTATOR)
     is_active = models.BooleanField(default=True)
+    # Shown to the annotator while paused (e.g. gold accuracy under the project threshold).
+    paused_reason = models.TextField(blank=True)
+    daily_quota = models.PositiveIntegerField(null=True, blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:

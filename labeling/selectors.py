@@ -45,7 +45,8 @@ def membership_get(*, user, project_id, roles=None) -> Membership:
 
 
 _MEMBERSHIP_SQL = (
-    "SELECT p.*, m.id AS m_id, m.role AS m_role, m.is_active AS m_is_active"
+    "SELECT p.*, m.id AS m_id, m.role AS m_role, m.is_active AS m_is_active,"
+    " m.paused_reason AS m_paused_reason, m.daily_quota AS m_daily_quota"
     " FROM labeling_membership m"
     " JOIN labeling_project p ON p.id = m.project_id WHERE m.user_id = %s AND m.project_id = %s"
 )
@@ -59,7 +60,8 @@ def _membership_with_project(user, project_id) -> Membership | None:
         return None
     return Membership(
         id=project.m_id, user=user, project=project, role=project.m_role,
-        is_active=bool(project.m_is_active),
+        is_active=bool(project.m_is_active), paused_reason=project.m_paused_reason,
+        daily_quota=project.m_daily_quota,
     )
 
 
@@ -281,6 +283,8 @@ def annotator_table(*, project) -> list[dict]:
             "membership": member,
             "username": member.user.username,
             "active": member.is_active,
+            "paused_reason": member.paused_reason,
+            "daily_quota": member.daily_quota,
             "tasks": row.get("tasks", 0),
             "median_seconds": round(median(spent) / 1000, 1) if spent else None,
             "agreement": round(agree["agreement"], 3) if agree else None,

@@ -266,11 +266,13 @@ def _task_context(request, membership, assignment, *, kind, errors=None, posted=
     return context
 
 
-def _render_task(request, membership, assignment, *, kind, errors=None, posted=None, status=200):
+def _render_task(request, membership, assignment, *, kind, errors=None, posted=None,
+                 refusal=None):
     context = _task_context(request, membership, assignment, kind=kind, errors=errors,
                             posted=posted)
+    context["refusal"] = refusal
     template = "labeling/_task.html" if request.htmx else "labeling/work.html"
-    return render(request, template, context, status=status)
+    return render(request, template, context)
 
 
 def _kind_param(request):
@@ -281,13 +283,17 @@ def _kind_param(request):
 @login_required
 def work(request, project_id):
     membership = selectors.membership_get(user=request.user, project_id=project_id)
-    kind = _kind_param(request)
+    return _claim_and_render(request, membership, _kind_param(request))
+
+
+def _claim_and_render(request, membership, kind):
+    refusal = assignment_services.work_refusal(membership=membership)
     assignment = None
-    if membership.is_active:
+    if refusal is None:
         assignment = assignment_services.assignment_claim_next(
             project=membership.project, annotator=request.user, kind=kind
         )
-    return _render_task(request, membership, assignment, kind=kind)
+    return _render_task(request, membership, assignment, kind=kind, refusal=refusal)
 
 
 def _own_assignment(request, assignment_id):
@@ -361,10 +367,7 @@ def _next(request, membership, kind):
     if not request.htmx:
         url = reverse("labeling:work", args=[membership.project_id])
         return redirect(f"{url}?kind={kind}" if kind else url)
-    assignment = assignment_services.assignment_claim_next(
-        project=membership.project, annotator=request.user, kind=kind
-    ) if membership.is_active else None
-    return _render_task(request, membership, assignment, kind=kind)
+    return _claim_and_render(request, membership, kind)
 
 
 @login_required
@@ -484,9 +487,19 @@ def member_active(request, project_id, username):
         user=request.user, project_id=project_id, roles=selectors.LEAD_ROLES
     )
     member = get_object_or_404(Membership, project=membership.project, user__username=username)
-    project_services.membership_set_active(
-        membership=member, active=request.POST.get("active") == "1"
-    )
+    if "daily_quota" in request.POST:
+        quota = request.POST["daily_quota"].strip()
+        try:
+            project_services.membership_set_quota(
+                membership=member, daily_quota=int(quota) if quota else None
+            )
+        except (ValueError, ValidationError):
+            messages.warning(request, _("A daily quota is a whole number from 1, or empty."))
+    else:
+        project_services.membership_set_active(
+            membership=member, active=request.POST.get("active") == "1",
+            reason=_("Your work in this project is paused by a lead."),
+        )
     return redirect("labeling:dashboard", project_id=membership.project_id)
 
 

@@ -195,6 +195,25 @@ def assignment_claim_next(*, project, annotator, kind=None, rng=random) -> Assig
     return None
 
 
+def work_refusal(*, membership) -> str | None:
+    """Return why the member may not take a task now (paused, daily quota), or None."""
+    if not membership.is_active:
+        return membership.paused_reason or _("your work in this project is paused by a lead")
+    if membership.daily_quota:
+        from labeling.models import Annotation
+
+        today = timezone.localdate()
+        done = Annotation.objects.filter(
+            project_id=membership.project_id, annotator_id=membership.user_id,
+            created_at__date=today,
+        ).count()
+        if done >= membership.daily_quota:
+            return _("you reached today's quota of %(n)s tasks in this project") % {
+                "n": membership.daily_quota
+            }
+    return None
+
+
 class AssignmentStateError(Exception):
     """The assignment cannot take this action in its current state."""
 

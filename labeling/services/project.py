@@ -11,7 +11,8 @@ from labeling.services.importing import task_build
 
 EDITABLE_FIELDS = (
     "name", "guidelines", "k", "allow_ties", "overlap", "agreement_sample_rate",
-    "agreement_overlap", "lease_minutes", "flags", "gold_rate", "per_user_cap",
+    "agreement_overlap", "lease_minutes", "flags", "gold_rate", "gold_threshold",
+    "gold_min_answers", "per_user_cap",
     "dedup_prefix_chars", "split_train", "split_valid",
 )
 
@@ -30,6 +31,8 @@ def _validate(project: Project) -> None:
         errors["agreement_overlap"] = ["at least one annotation per task"]
     if not 0 <= project.gold_rate <= 1:
         errors["gold_rate"] = ["a share from 0 to 1"]
+    if project.gold_threshold is not None and not 0 <= project.gold_threshold <= 1:
+        errors["gold_threshold"] = ["a share from 0 to 1, or empty"]
     if project.lease_minutes < 1:
         errors["lease_minutes"] = ["at least one minute"]
     if project.split_train + project.split_valid > 100:
@@ -135,8 +138,18 @@ def task_set_gold(*, task: Task, ranking: dict | None) -> Task:
     return task
 
 
-def membership_set_active(*, membership: Membership, active: bool) -> Membership:
-    """Pause or reactivate an annotator's work in a project (a paused one gets no task)."""
+def membership_set_active(*, membership: Membership, active: bool, reason: str = "") -> Membership:
+    """Pause (with a reason the annotator sees) or reactivate an annotator's work."""
     membership.is_active = active
-    membership.save(update_fields=["is_active"])
+    membership.paused_reason = "" if active else reason
+    membership.save(update_fields=["is_active", "paused_reason"])
+    return membership
+
+
+def membership_set_quota(*, membership: Membership, daily_quota: int | None) -> Membership:
+    """Set how many tasks an annotator may submit per day in the project (None: no limit)."""
+    if daily_quota is not None and daily_quota < 1:
+        raise ValidationError({"daily_quota": ["at least one task a day, or empty"]})
+    membership.daily_quota = daily_quota
+    membership.save(update_fields=["daily_quota"])
     return membership

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 
 from django.core.exceptions import ValidationError
 from django.db import IntegrityError, connection, transaction
+from django.db.models import Avg, Count
 from django.utils import timezone
 from django.utils.dateparse import parse_datetime
 from django.utils.translation import gettext as _
@@ -20,6 +21,7 @@ from labeling.models import (
     Assignment,
     Category,
     Completion,
+    Membership,
     Project,
     Prompt,
     Task,
@@ -177,6 +179,8 @@ def annotation_submit(
                 "UPDATE labeling_assignment SET state = %s, finished_at = %s WHERE id = %s",
                 [Assignment.State.SUBMITTED, now, locked.pk],
             )
+            if annotation.gold_score is not None:
+                _gold_check(project_id=locked.project_id, annotator_id=locked.annotator_id)
             _sql(
                 "UPDATE labeling_task SET submitted_count = submitted_count + 1, status = CASE"
                 " WHEN NOT is_gold AND submitted_count + 1 >= required_annotations THEN %s"
@@ -196,6 +200,24 @@ def annotation_submit(
             ) from None
         return SubmitResult(replay, True)
     return SubmitResult(annotation, False)
+
+
+def _gold_check(*, project_id: int, annotator_id: int) -> None:
+    """Pause an annotator whose gold accuracy fell under the project's threshold."""
+    project = Project.objects.only("gold_threshold", "gold_min_answers").get(pk=project_id)
+    if project.gold_threshold is None:
+        return
+    scores = Annotation.objects.filter(
+        project_id=project_id, annotator_id=annotator_id, gold_score__isnull=False
+    ).aggregate(n=Count("id"), accuracy=Avg("gold_score"))
+    if scores["n"] >= project.gold_min_answers and scores["accuracy"] < project.gold_threshold:
+        reason = _(
+            "Your work is paused: your accuracy on check tasks is %(accuracy).0f%%, under "
+            "the project's %(threshold).0f%%. A lead will review it with you."
+        ) % {"accuracy": scores["accuracy"] * 100, "threshold": project.gold_threshold * 100}
+        Membership.objects.filter(
+            project_id=project_id, user_id=annotator_id, is_active=True
+        ).update(is_active=False, paused_reason=reason)
 
 
 def _demonstration(task: Task, annotator_id: int, text: str) -> Completion:

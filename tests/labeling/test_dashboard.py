@@ -110,3 +110,31 @@ def test_the_disagreement_explorer_lists_the_worst_task_first(project, rank_task
     worst, best = page.index("agreement 0.0"), page.index("agreement 1.0")
     assert worst < best
     assert "<th>bob</th>" in page and "<th>dana</th>" in page
+
+
+def test_a_daily_quota_stops_the_queue_for_the_day(project, rank_tasks, client, api, alice,
+                                                  bob):
+    client.force_login(alice)
+    client.post(f"/projects/{project.pk}/members/bob/active/", {"daily_quota": "1"})
+    assert Membership.objects.get(user=bob).daily_quota == 1
+    _rank(project, bob)
+    response = api(bob).post(f"/api/v1/projects/{project.pk}/tasks/next/", {}, format="json")
+    assert response.status_code == 403 and "quota" in response.json()["detail"]
+    client.force_login(bob)
+    page = client.get(f"/projects/{project.pk}/work/").content.decode()
+    assert 'id="refusal"' in page and "quota" in page
+
+
+def test_low_gold_accuracy_pauses_the_annotator_with_a_notice(project, gold_task, client,
+                                                             bob):
+    project_update(project=project, gold_threshold=0.8, gold_min_answers=1)
+    a = assignment_claim_next(project=project, annotator=bob)
+    assert a.task_id == gold_task.pk
+    worst_first = sorted(a.display_order, key=gold_task.expected_ids.index, reverse=True)
+    annotation_submit(assignment=a, data={"ranking": [
+        {"completion": c, "rank": i + 1, "rating": 4} for i, c in enumerate(worst_first)]})
+    member = Membership.objects.get(user=bob, project=project)
+    assert not member.is_active and "check tasks" in member.paused_reason
+    client.force_login(bob)
+    page = client.get(f"/projects/{project.pk}/work/").content.decode()
+    assert "check tasks is 0%" in page
