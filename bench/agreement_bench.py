@@ -5,13 +5,15 @@ fresh PostgreSQL database (`laoshi_bench_agreement`, dropped at the end), then t
 `agreement_refresh(full=True)` (what `manage.py recompute_agreement` runs) and
 `GET /api/v1/projects/{id}/agreement/` in-process.
 
-    .venv/bin/python -m bench.agreement_bench [--tasks 100000] [--annotators 3]
+    .venv/bin/python -m bench.agreement_bench [--tasks 100000] [--annotators 3] [--profile]
 
 Ends with one line: tasks=<n> annotations=<m> recompute_s=<s> api_ms=<ms>
 """
 
 import argparse
+import cProfile
 import os
+import pstats
 import random
 import secrets
 import sys
@@ -29,6 +31,8 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tasks", type=int, default=100_000)
     parser.add_argument("--annotators", type=int, default=3)
+    parser.add_argument("--profile", action="store_true",
+                        help="print the recompute's top functions by cumulative time")
     parser.add_argument("--postgres-url", default="postgresql://postgres@127.0.0.1:5432/postgres")
     args = parser.parse_args()
     with psycopg.connect(args.postgres_url, autocommit=True) as conn:
@@ -123,9 +127,16 @@ def _run(args) -> int:
     total = Annotation.objects.count()
     print(f"built {args.tasks} tasks, {total} annotations in {time.perf_counter() - started:.1f} s")
 
+    profiler = cProfile.Profile() if args.profile else None
     started = time.perf_counter()
+    if profiler:
+        profiler.enable()
     agreement_refresh(project=project, full=True)
+    if profiler:
+        profiler.disable()
     recompute_s = time.perf_counter() - started
+    if profiler:
+        pstats.Stats(profiler).sort_stats("tottime").print_stats(25)
     print(f"full recompute: {recompute_s:.2f} s")
 
     token = Token.objects.create(user=lead).key

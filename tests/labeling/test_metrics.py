@@ -4,6 +4,8 @@ import random
 
 import pytest
 from django.core.management import call_command
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from labeling import agreement
 from labeling.models import Annotation, AnnotatorTaskAgreement, ProjectAgreement, TaskAgreement
@@ -102,3 +104,65 @@ def test_the_api_reports_the_interval_and_each_annotator(project, api, alice):
     low, high = body["interval"]
     assert low <= body["agreement"] <= high and body["tasks"] == 12
     assert {row["annotator"] for row in body["annotators"]} == {"m0", "m1", "m2"}
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.integers(1, 4), min_size=2, max_size=9), st.randoms())
+def test_the_fast_pair_routine_equals_the_reference(ranks, rnd):
+    from labeling.services.metrics import _ordered, _rank_agreement
+
+    ids = list(range(100, 100 + len(ranks)))
+    a = dict(zip(ids, ranks, strict=True))
+    other = ranks[:]
+    rnd.shuffle(other)
+    b = dict(zip(ids, other, strict=True))
+    assert _rank_agreement(_ordered(a)[1], _ordered(b)[1]) == agreement.pairwise_agreement(a, b)
+
+
+def _filled_project(project, n_tasks=40):
+    project_update(project=project, overlap=3, per_user_cap=1000)
+    prompts_import(project=project, records=records_from_items(rank_items(n_tasks)))
+    people = _annotators(project, 4)
+    rng = random.Random(3)
+    while any([_submit_random(project, p, rng) for p in people]):
+        pass
+
+
+@pytest.mark.postgres
+@pytest.mark.django_db(transaction=True)
+def test_the_writer_thread_stores_what_the_inline_path_stores(postgres, project, monkeypatch):
+    from django.db import transaction
+
+    from labeling.services import metrics
+
+    monkeypatch.setattr(metrics, "REFRESH_BATCH", 7)  # several overlapped writes
+    _filled_project(project)
+    assert metrics.agreement_refresh(project=project, full=True) == 40  # the thread
+    threaded = _snapshot(project)
+    TaskAgreement.objects.all().delete()
+    AnnotatorTaskAgreement.objects.all().delete()
+    with transaction.atomic():  # inside a transaction: the inline path
+        metrics.agreement_refresh(project=project, full=True)
+    assert _snapshot(project) == threaded
+
+
+@pytest.mark.postgres
+@pytest.mark.django_db(transaction=True)
+def test_a_failed_refresh_writes_nothing(postgres, project, monkeypatch):
+    from labeling.services import metrics
+
+    monkeypatch.setattr(metrics, "REFRESH_BATCH", 5)
+    _filled_project(project, n_tasks=20)
+    real, calls = metrics._task_parts, []
+
+    def failing(annotations):
+        calls.append(1)
+        if len(calls) > 12:  # after two batches went to the writer
+            raise RuntimeError("boom")
+        return real(annotations)
+
+    monkeypatch.setattr(metrics, "_task_parts", failing)
+    with pytest.raises(RuntimeError):
+        metrics.agreement_refresh(project=project, full=True)
+    assert not TaskAgreement.objects.exists()
+    assert not AnnotatorTaskAgreement.objects.exists()
