@@ -1,9 +1,11 @@
 """The public API (``/api/v1/``): thin DRF endpoints over the same services as the pages."""
 
+from django.contrib.auth import authenticate
 from django.core.exceptions import PermissionDenied as DjangoPermissionDenied
 from django.core.exceptions import ValidationError as DjangoValidationError
 from django.db import transaction
 from django.http import Http404
+from django.utils.dateparse import parse_date, parse_datetime
 from drf_spectacular.utils import OpenApiParameter, extend_schema, inline_serializer
 from rest_framework import serializers, status
 from rest_framework.authtoken.models import Token
@@ -15,11 +17,11 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from labeling import selectors
-from labeling.models import Annotation, Assignment, Project, Role, Task
-from labeling.selectors import completion_texts
+from labeling.models import Annotation, Assignment, Project, ProjectAgreement, Role, Task
 from labeling.services import assignment as assignment_services
 from labeling.services import importing
 from labeling.services import project as project_services
+from labeling.services.metrics import annotator_agreements
 from labeling.services.submission import SubmissionConflict, annotation_submit
 
 
@@ -62,8 +64,6 @@ class TokenApi(APIView):
         responses=inline_serializer("TokenOutput", {"token": serializers.CharField()}),
     )
     def post(self, request):
-        from django.contrib.auth import authenticate
-
         data = TokenInput(data=request.data)
         data.is_valid(raise_exception=True)
         user = authenticate(
@@ -115,17 +115,11 @@ class ProjectInput(serializers.Serializer):
     split_valid = serializers.IntegerField(required=False, min_value=0, max_value=100)
 
 
-def _roles_for(user):
-    from labeling.models import Membership
-
-    return dict(Membership.objects.filter(user=user).values_list("project_id", "role"))
-
-
 class ProjectListApi(APIView):
     @extend_schema(responses=ProjectOutput(many=True))
     def get(self, request):
         projects = selectors.project_list_for_user(user=request.user)
-        context = {"roles": _roles_for(request.user)}
+        context = {"roles": selectors.roles_of(user=request.user)}
         return Response(ProjectOutput(projects, many=True, context=context).data)
 
     @extend_schema(request=ProjectInput, responses={201: ProjectOutput})
@@ -308,10 +302,6 @@ def assignment_payload(assignment) -> dict:
     """Return what an annotator needs to do an assignment, completions in display order."""
     task = assignment.task
     prompt = task.prompt
-    completions = []
-    if assignment.display_order:
-        texts = completion_texts(assignment)
-        completions = [{"id": cid, "text": texts[cid]} for cid in assignment.display_order]
     project = assignment.project
     return {
         "assignment": assignment.pk,
@@ -320,7 +310,7 @@ def assignment_payload(assignment) -> dict:
         "prompt": prompt.display_text if prompt else None,
         "messages": prompt.messages if prompt else None,
         "category": prompt.category if prompt else None,
-        "completions": completions,
+        "completions": selectors.shown_completions(assignment),
         "expires_at": assignment.expires_at,
         "flags": project.flags,
         "allow_ties": project.allow_ties,
@@ -484,8 +474,6 @@ class AnnotationListApi(ListAPIView):
 def _parse_when(value, name):
     if not value:
         return None
-    from django.utils.dateparse import parse_date, parse_datetime
-
     parsed = parse_datetime(value) or parse_date(value)
     if parsed is None:
         raise ValidationError({name: ["use an ISO date (2026-01-31) or datetime"]})
@@ -541,9 +529,6 @@ class AgreementApi(APIView):
         )
     )
     def get(self, request, project_id):
-        from labeling.models import ProjectAgreement
-        from labeling.services.metrics import annotator_agreements
-
         membership = _membership(request, project_id, roles=selectors.DATA_ROLES)
         project = membership.project
         stored = ProjectAgreement.objects.filter(project=project).first()

@@ -1,19 +1,28 @@
 """Read-side queries with membership scoping baked in: a caller cannot forget the check."""
 
-from django.core.exceptions import PermissionDenied
-from django.db.models import Count, F, Q, QuerySet
-from django.http import Http404
+from datetime import timedelta
+from statistics import median
 
+from django.core.exceptions import PermissionDenied
+from django.db.models import Avg, Count, F, Q, QuerySet, Sum
+from django.db.models.functions import TruncDate
+from django.http import Http404
+from django.utils import timezone
+
+from labeling import agreement as metrics
 from labeling.models import (
     Annotation,
     Assignment,
     Membership,
     Project,
+    Prompt,
     ReviewStatus,
     Role,
     Task,
+    TaskAgreement,
     TaskCompletion,
 )
+from labeling.services.metrics import annotator_agreements
 
 LEAD_ROLES = (Role.LEAD,)
 DATA_ROLES = (Role.LEAD, Role.ENGINEER)
@@ -119,6 +128,17 @@ def assignment_get_for_annotator(*, user, assignment_id) -> Assignment:
     return assignment
 
 
+def roles_of(*, user) -> dict[int, str]:
+    """Return {project id: role} for every project the user belongs to."""
+    return dict(Membership.objects.filter(user=user).values_list("project_id", "role"))
+
+
+def shown_completions(assignment) -> list[dict]:
+    """Return the assignment's completions as {"id", "text"} in the annotator's order."""
+    texts = completion_texts(assignment) if assignment.display_order else {}
+    return [{"id": cid, "text": texts[cid]} for cid in assignment.display_order]
+
+
 def completion_texts(assignment) -> dict[int, str]:
     """Return {completion id: text} for an assignment's task (cached by a fresh claim)."""
     texts = getattr(assignment, "completion_texts", None)
@@ -179,12 +199,6 @@ def demonstrations_for_training(*, project) -> QuerySet[Annotation]:
 
 def project_stats(*, project, days: int = 30) -> dict:
     """Return progress per task kind and split, throughput per day, activity and pace."""
-    from datetime import timedelta
-
-    from django.db.models import Sum
-    from django.db.models.functions import TruncDate
-    from django.utils import timezone
-
     now = timezone.now()
     tasks = Task.objects.filter(project=project, is_gold=False)
     progress = []
@@ -242,12 +256,6 @@ def project_stats(*, project, days: int = 30) -> dict:
 
 def annotator_table(*, project) -> list[dict]:
     """Return one row per annotator member: work done, time, agreement, gold, skips, state."""
-    from statistics import median
-
-    from django.db.models import Avg
-
-    from labeling.services.metrics import annotator_agreements
-
     members = list(
         Membership.objects.filter(project=project, role=Role.ANNOTATOR)
         .select_related("user").order_by("user__username")
@@ -300,9 +308,6 @@ def disagreements(*, project, limit: int = 20) -> list[dict]:
     Each row holds the prompt, the responses in stored order, every annotator's ranks and
     the ranked-pairs consensus, so a lead can compare them side by side.
     """
-    from labeling import agreement as metrics
-    from labeling.models import TaskAgreement
-
     worst = list(
         TaskAgreement.objects.filter(project=project, pair_count__gt=0)
         .annotate(score=F("pair_sum") / F("pair_count"))
@@ -314,8 +319,6 @@ def disagreements(*, project, limit: int = 20) -> list[dict]:
     ids = [task_id for task_id, _ in worst]
     tasks = Task.objects.in_bulk(ids)
     prompts = {t.pk: t.prompt_id for t in tasks.values()}
-    from labeling.models import Prompt
-
     prompt_rows = Prompt.objects.in_bulk(list(prompts.values()))
     responses: dict[int, list] = {}
     for task_id, cid, text in TaskCompletion.objects.filter(task_id__in=ids).order_by(

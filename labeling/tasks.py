@@ -2,8 +2,10 @@
 
 from celery import shared_task
 
+from labeling.models import Project
 from labeling.services.assignment import leases_expire
 from labeling.services.importing import prompt_import_run
+from labeling.services.metrics import agreement_refresh
 
 
 @shared_task(name="labeling.prompt_import", time_limit=3600,
@@ -22,7 +24,4 @@ def expire_leases_task() -> int:
 
 @shared_task(name="labeling.refresh_agreement", time_limit=600)
 def refresh_agreement_task() -> int:
-    from labeling.models import Project
-    from labeling.services.metrics import agreement_refresh
-
     return sum(agreement_refresh(project=project) for project in Project.objects.all())

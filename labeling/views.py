@@ -51,7 +51,7 @@ def _validation_messages(exc: ValidationError) -> list[str]:
 @login_required
 def project_list(request):
     projects = selectors.project_list_for_user(user=request.user)
-    roles = dict(Membership.objects.filter(user=request.user).values_list("project_id", "role"))
+    roles = selectors.roles_of(user=request.user)
     labels = dict(Role.choices)
     rows = [(project, labels[roles.get(project.pk, Role.LEAD)]) for project in projects]
     can_create = selectors.user_can_create_projects(user=request.user)
@@ -236,14 +236,13 @@ def _task_context(request, membership, assignment, *, kind, errors=None, posted=
         return context
     task = assignment.task
     if task.kind == Task.Kind.RANK:
-        texts = selectors.completion_texts(assignment)
         responses = []
-        for index, cid in enumerate(assignment.display_order):
+        for index, shown in enumerate(selectors.shown_completions(assignment)):
+            cid = shown["id"]
             responses.append(
                 {
-                    "id": cid,
+                    **shown,
                     "label": chr(ord("A") + index),
-                    "text": texts[cid],
                     "rank": (posted or {}).get(f"rank_{cid}", ""),
                     "rating": (posted or {}).get(f"rating_{cid}", ""),
                     "flags": set(posted.getlist(f"flags_{cid}")) if posted else set(),

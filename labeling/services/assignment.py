@@ -8,7 +8,7 @@ from django.db.models import F
 from django.utils import timezone
 from django.utils.translation import gettext as _
 
-from labeling.models import Assignment, Prompt, Task
+from labeling.models import Annotation, Assignment, Prompt, Task
 
 LEASE_SWEEP_BATCH = 500
 
@@ -200,8 +200,6 @@ def work_refusal(*, membership) -> str | None:
     if not membership.is_active:
         return membership.paused_reason or _("your work in this project is paused by a lead")
     if membership.daily_quota:
-        from labeling.models import Annotation
-
         today = timezone.localdate()
         done = Annotation.objects.filter(
             project_id=membership.project_id, annotator_id=membership.user_id,

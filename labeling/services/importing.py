@@ -397,21 +397,7 @@ class _Writer:
         project = self.project
         prompts = Prompt.objects.bulk_create(
             [
-                Prompt(
-                    project=project,
-                    text=item.text,
-                    messages=item.messages,
-                    category=item.category,
-                    source=self.source,
-                    external_user_id=item.user_id,
-                    split=textutil.split_for(
-                        item.user_id or item.content_hash, project.split_train, project.split_valid
-                    ),
-                    content_hash=item.content_hash,
-                    prefix_hash=item.prefix_hash,
-                    metadata=item.metadata,
-                    author=self.author,
-                )
+                prompt_build(project=project, item=item, source=self.source, author=self.author)
                 for item in items
             ]
         )
@@ -447,6 +433,27 @@ class _Writer:
         ]
         TaskCompletion.objects.bulk_create(links)
         self.report.tasks_created += len(tasks)
+
+
+def prompt_build(*, project, item: _Item, source: str, author=None, author_id=None,
+                 style: str = Prompt.Style.PLAIN) -> Prompt:
+    """Return an unsaved prompt for a validated item, its split taken from the user id."""
+    return Prompt(
+        project=project,
+        text=item.text,
+        messages=item.messages,
+        category=item.category,
+        source=source,
+        style=style,
+        external_user_id=item.user_id,
+        split=textutil.split_for(
+            item.user_id or item.content_hash, project.split_train, project.split_valid
+        ),
+        content_hash=item.content_hash,
+        prefix_hash=item.prefix_hash,
+        metadata=item.metadata,
+        author_id=author.pk if author is not None else author_id,
+    )
 
 
 def task_build(*, project, kind, prompt=None, priority=0) -> Task:

@@ -14,7 +14,6 @@ from django.utils import timezone
 from django.utils.dateparse import parse_datetime
 from django.utils.translation import gettext as _
 
-from labeling import text as textutil
 from labeling.flags import RATING_MAX, RATING_MIN
 from labeling.models import (
     Annotation,
@@ -27,7 +26,7 @@ from labeling.models import (
     Task,
 )
 from labeling.ranking import gold_score, ranking_problems
-from labeling.services.importing import LineError, task_build, validate_record
+from labeling.services.importing import LineError, prompt_build, task_build, validate_record
 
 MAX_TEXT_CHARS = 100_000
 
@@ -320,22 +319,12 @@ def _write_prompt(assignment, task, data) -> Prompt:
     if Prompt.objects.filter(project=project, content_hash=item.content_hash).exists():
         raise ValidationError({"prompt": [_("this prompt already exists in the project")]})
     annotator_id = assignment.annotator_id
-    prompt = Prompt.objects.create(
-        project=project,
-        text=item.text,
-        messages=item.messages,
-        category=item.category,
-        source=Prompt.Source.ANNOTATOR,
-        style=style,
-        external_user_id=f"annotator:{annotator_id}",
-        split=textutil.split_for(
-            f"annotator:{annotator_id}", project.split_train, project.split_valid
-        ),
-        content_hash=item.content_hash,
-        prefix_hash=item.prefix_hash,
-        metadata={"examples": data.get("examples")} if style == Prompt.Style.FEW_SHOT else {},
-        author_id=annotator_id,
-    )
+    item.user_id = f"annotator:{annotator_id}"
+    if style == Prompt.Style.FEW_SHOT:
+        item.metadata = {"examples": data.get("examples")}
+    prompt = prompt_build(project=project, item=item, source=Prompt.Source.ANNOTATOR,
+                          author_id=annotator_id, style=style)
+    prompt.save()
     # A written prompt goes straight into the demonstration queue (not to its author).
     task_build(project=project, kind=Task.Kind.DEMONSTRATE, prompt=prompt).save()
     return prompt
