@@ -1,13 +1,17 @@
-"""Full recompute of stored agreement, and the agreement API, on a large project.
+"""Full recompute of stored agreement, the agreement API and the lead's pages, at scale.
 
 Builds a project with N rank tasks (K=4) each ranked by A annotators directly in a
-fresh PostgreSQL database (`laoshi_bench_agreement`, dropped at the end), then times
-`agreement_refresh(full=True)` (what `manage.py recompute_agreement` runs) and
-`GET /api/v1/projects/{id}/agreement/` in-process.
+fresh PostgreSQL database (`laoshi_bench_agreement`, dropped at the end): ratings near
+the annotator's rank, a flag on about 8% of responses, times per task and annotation
+dates over ten weeks. Then times `agreement_refresh(full=True)` (what `manage.py
+recompute_agreement` runs) on empty tables and again on stored rows, and the median
+server time (in-process test client, 10 requests each) of the agreement API, the
+dashboard, the flags page, the disagreement explorer and the annotator CSV.
 
     .venv/bin/python -m bench.agreement_bench [--tasks 100000] [--annotators 3] [--profile]
 
-Ends with one line: tasks=<n> annotations=<m> recompute_s=<s> api_ms=<ms>
+Ends with one line: tasks=<n> annotations=<m> recompute_s=<s> recompute_again_s=<s>
+api_ms=<ms> dashboard_ms=<ms> flags_ms=<ms> disagreements_ms=<ms> csv_ms=<ms>
 """
 
 import argparse
@@ -61,13 +65,16 @@ def _run(args) -> int:
     django.setup()
     from django.contrib.auth import get_user_model
     from django.core.management import call_command
+    from django.db import connection
     from django.test import Client
     from django.utils import timezone
     from rest_framework.authtoken.models import Token
 
+    from labeling.agreement import ranking_summary
     from labeling.models import (
         Annotation,
         Assignment,
+        Category,
         Completion,
         Prompt,
         Task,
@@ -87,12 +94,15 @@ def _run(args) -> int:
     ]
     rng = random.Random(0)
     now = timezone.now()
+    categories = [c for c, _ in Category.choices]
+    flags = list(project.flags)
     started = time.perf_counter()
     batch = 5000
     for start in range(0, args.tasks, batch):
         n = min(batch, args.tasks - start)
         prompts = Prompt.objects.bulk_create([
             Prompt(project=project, text=f"prompt {start + i}", split="train",
+                   category=categories[(start + i) % len(categories)],
                    content_hash=f"{start + i:064d}") for i in range(n)])
         completions = Completion.objects.bulk_create([
             Completion(prompt=p, text=f"answer {j}") for p in prompts for j in range(4)])
@@ -118,12 +128,22 @@ def _run(args) -> int:
                                         expires_at=now + timedelta(minutes=30))
                 assignments.append(assignment)
                 annotations.append((assignment, person, [
-                    {"completion": c, "rank": order.index(c) + 1, "rating": 4, "flags": []}
+                    {"completion": c, "rank": order.index(c) + 1,
+                     "rating": max(1, min(7, 7 - order.index(c) * 2 + rng.randint(-1, 1))),
+                     "flags": [rng.choice(flags)] if rng.random() < 0.08 else []}
                     for c in ids]))
         Assignment.objects.bulk_create(assignments)
-        Annotation.objects.bulk_create([
-            Annotation(assignment=a, task=a.task, annotator=person, project=project,
-                       kind="rank", ranking=ranking) for a, person, ranking in annotations])
+        rows = []
+        for a, person, ranking in annotations:
+            rho, flagged, shown = ranking_summary(ranking)
+            rows.append(Annotation(
+                assignment=a, task=a.task, annotator=person, project=project, kind="rank",
+                ranking=ranking, position_rho=rho, flagged_responses=flagged, responses=shown,
+                time_spent_ms=rng.randint(8_000, 120_000)))
+        Annotation.objects.bulk_create(rows)
+    with connection.cursor() as cursor:  # spread over ten weeks (auto_now_add set them all)
+        cursor.execute(f"UPDATE {Annotation._meta.db_table} SET created_at = created_at - "
+                       f"(task_id % 70) * interval '1 day'")
     total = Annotation.objects.count()
     print(f"built {args.tasks} tasks, {total} annotations in {time.perf_counter() - started:.1f} s")
 
@@ -138,6 +158,10 @@ def _run(args) -> int:
     if profiler:
         pstats.Stats(profiler).sort_stats("tottime").print_stats(25)
     print(f"full recompute: {recompute_s:.2f} s")
+    started = time.perf_counter()
+    agreement_refresh(project=project, full=True)
+    again_s = time.perf_counter() - started
+    print(f"full recompute on stored rows: {again_s:.2f} s")
 
     token = Token.objects.create(user=lead).key
     client = Client(HTTP_AUTHORIZATION=f"Token {token}", HTTP_HOST="127.0.0.1")
@@ -153,9 +177,28 @@ def _run(args) -> int:
     api_ms = timings[len(timings) // 2]
     print(f"agreement {body['agreement']:.3f} [{body['interval'][0]:.3f}, "
           f"{body['interval'][1]:.3f}] over {body['tasks']} tasks; API median {api_ms:.1f} ms")
+    pages = {}
+    browser = Client(HTTP_HOST="127.0.0.1")
+    browser.force_login(lead)
+    for name, path in (("dashboard", "dashboard/"), ("flags", "flags/"),
+                       ("disagreements", "disagreements/"), ("csv", "annotators.csv")):
+        pages[name] = _median_ms(browser, f"/projects/{project.pk}/{path}")
+        print(f"{name}: median {pages[name]:.1f} ms")
     print(f"tasks={args.tasks} annotations={total} recompute_s={recompute_s:.2f} "
-          f"api_ms={api_ms:.1f}")
+          f"recompute_again_s={again_s:.2f} api_ms={api_ms:.1f} "
+          + " ".join(f"{name}_ms={ms:.1f}" for name, ms in pages.items()))
     return 0
+
+
+def _median_ms(client, url: str, n: int = 10) -> float:
+    """Return the median server time of GET url over n requests, after one warm-up."""
+    assert client.get(url).status_code == 200, url
+    timings = []
+    for _ in range(n):
+        t = time.perf_counter()
+        client.get(url)
+        timings.append((time.perf_counter() - t) * 1000)
+    return sorted(timings)[n // 2]
 
 
 if __name__ == "__main__":

@@ -17,6 +17,7 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from labeling import selectors
+from labeling.agreement import INSTRUCTGPT_AGREEMENT, INSTRUCTGPT_HELDOUT_AGREEMENT
 from labeling.models import Annotation, Assignment, Project, ProjectAgreement, Role, Task
 from labeling.services import assignment as assignment_services
 from labeling.services import importing
@@ -523,6 +524,12 @@ class AgreementApi(APIView):
                 "tasks": serializers.IntegerField(),
                 "pairs": serializers.IntegerField(),
                 "reference": serializers.DictField(),
+                "tau": serializers.FloatField(allow_null=True),
+                "tau_histogram": serializers.ListField(child=serializers.DictField()),
+                "alpha": serializers.DictField(),
+                "consensus_agreement": serializers.FloatField(allow_null=True),
+                "trend": serializers.ListField(child=serializers.DictField()),
+                "methods": serializers.DictField(),
                 "annotators": serializers.ListField(child=serializers.DictField()),
                 "computed_at": serializers.DateTimeField(allow_null=True),
             },
@@ -545,8 +552,26 @@ class AgreementApi(APIView):
             "confidence": 0.95,
             "tasks": stored.tasks if stored else 0,
             "pairs": stored.pairs if stored else 0,
-            "reference": {"instructgpt_training_labelers": 0.726,
-                          "instructgpt_heldout_labelers": 0.773},
+            "reference": {"instructgpt_training_labelers": INSTRUCTGPT_AGREEMENT,
+                          "instructgpt_heldout_labelers": INSTRUCTGPT_HELDOUT_AGREEMENT},
+            "tau": stored.tau if stored else None,
+            "tau_histogram": stored.tau_histogram if stored else [],
+            "alpha": {
+                "ranks": stored.rank_alpha if stored else None,
+                "ratings": stored.rating_alpha if stored else None,
+                "flags": stored.flag_alpha if stored else None,
+            },
+            "consensus_agreement": stored.consensus_agreement if stored else None,
+            "trend": stored.trend if stored else [],
+            "methods": {
+                "tau": "Kendall's tau-b between two annotators' rankings of a task, averaged "
+                       "over annotator pairs",
+                "alpha": "Krippendorff's alpha: ordinal for ranks and 1-7 ratings (a unit is "
+                         "one response), nominal for flags (a unit is one flag on one response)",
+                "consensus": "Tideman's ranked pairs over the task's rankings; agreement "
+                             "with it is pairwise agreement of each ranking with the consensus",
+                "trend": "tasks count in the week (Monday) of their latest annotation",
+            },
             "annotators": annotator_agreements(project=project),
             "computed_at": stored.computed_at if stored else None,
         })

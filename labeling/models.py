@@ -341,6 +341,11 @@ class Annotation(models.Model):
         Prompt, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
     )
     gold_score = models.FloatField(null=True, blank=True)
+    # rank: Spearman's rho between display position and rank (agreement.position_bias),
+    # and how many of the ranked responses got at least one flag, of how many.
+    position_rho = models.FloatField(null=True, blank=True)
+    flagged_responses = models.PositiveSmallIntegerField(null=True, blank=True)
+    responses = models.PositiveSmallIntegerField(null=True, blank=True)
     time_spent_ms = models.PositiveIntegerField(null=True, blank=True)
     idempotency_key = models.CharField(max_length=100, blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
@@ -419,6 +424,16 @@ class TaskAgreement(models.Model):
     # Sum of pairwise agreement over annotator pairs with a defined value, and their count.
     pair_sum = models.FloatField()
     pair_count = models.PositiveIntegerField()
+    # The same for Kendall's tau-b (undefined for a ranking that ties everything).
+    tau_sum = models.FloatField(default=0.0)
+    tau_count = models.PositiveIntegerField(default=0)
+    # The ranked-pairs consensus {completion id: rank}; the raw rankings stay as they are.
+    consensus = models.JSONField(default=dict)
+    # Krippendorff coincidences {"rank" | "rating" | "flag": [[c, k, o_ck], ...]}: they add
+    # up over tasks, so the project's alphas come from their sum.
+    coincidences = models.JSONField(default=dict)
+    # When the task's latest annotation was made: the week it counts in for the trend.
+    last_annotated_at = models.DateTimeField(null=True)
     computed_at = models.DateTimeField(auto_now=True)
 
     class Meta:
@@ -438,6 +453,8 @@ class AnnotatorTaskAgreement(models.Model):
     project = models.ForeignKey(Project, on_delete=models.CASCADE, related_name="+")
     agree_sum = models.FloatField()
     pair_count = models.PositiveIntegerField()
+    # Pairwise agreement of this annotator's ranking with the task's consensus.
+    consensus_agree = models.FloatField(null=True)
 
     class Meta:
         constraints = [
@@ -460,6 +477,18 @@ class ProjectAgreement(models.Model):
     interval_high = models.FloatField(null=True)
     tasks = models.PositiveIntegerField(default=0)
     pairs = models.PositiveIntegerField(default=0)
+    # Mean Kendall tau-b over annotator pairs, and [{"low", "high", "tasks"}] of the
+    # per-task mean tau in ten bins over [-1, 1].
+    tau = models.FloatField(null=True)
+    tau_histogram = models.JSONField(default=list)
+    # Krippendorff's alpha (ordinal) for ranks and 1-7 ratings, (nominal) for flags.
+    rank_alpha = models.FloatField(null=True)
+    rating_alpha = models.FloatField(null=True)
+    flag_alpha = models.FloatField(null=True)
+    # Mean agreement of each ranking with its task's ranked-pairs consensus.
+    consensus_agreement = models.FloatField(null=True)
+    # [{"week": "YYYY-MM-DD" (Monday), "agreement", "low", "high", "tasks"}], oldest first.
+    trend = models.JSONField(default=list)
     computed_at = models.DateTimeField(auto_now=True)
 
     def __str__(self):

@@ -4,15 +4,18 @@ from datetime import timedelta
 from statistics import median
 
 from django.core.exceptions import PermissionDenied
+from django.db import connection
 from django.db.models import Avg, Count, F, Q, QuerySet, Sum
 from django.db.models.functions import TruncDate
 from django.http import Http404
 from django.utils import timezone
 
 from labeling import agreement as metrics
+from labeling.flags import FLAGS
 from labeling.models import (
     Annotation,
     Assignment,
+    Category,
     Membership,
     Project,
     Prompt,
@@ -254,8 +257,41 @@ def project_stats(*, project, days: int = 30) -> dict:
     }
 
 
-def annotator_table(*, project) -> list[dict]:
-    """Return one row per annotator member: work done, time, agreement, gold, skips, state."""
+def _median_seconds(project) -> dict[int, float]:
+    """Return {annotator id: median seconds per annotation} for a project."""
+    if connection.vendor == "postgresql":
+        with connection.cursor() as cursor:
+            cursor.execute(
+                f"SELECT annotator_id, percentile_cont(0.5) WITHIN GROUP "
+                f"(ORDER BY time_spent_ms) FROM {Annotation._meta.db_table} "
+                f"WHERE project_id = %s AND time_spent_ms IS NOT NULL GROUP BY annotator_id",
+                [project.pk],
+            )
+            return {uid: value / 1000 for uid, value in cursor.fetchall()}
+    times: dict[int, list[int]] = {}
+    for annotator_id, spent in Annotation.objects.filter(
+        project=project, time_spent_ms__isnull=False
+    ).values_list("annotator_id", "time_spent_ms"):
+        times.setdefault(annotator_id, []).append(spent)
+    return {uid: median(spent) / 1000 for uid, spent in times.items()}
+
+
+def _rounded(value, digits=3):
+    return None if value is None else round(value, digits)
+
+
+# Columns of the annotator table a lead can sort by (the CSV has the same).
+ANNOTATOR_COLUMNS = ["username", "active", "tasks", "median_seconds", "agreement",
+                     "consensus_agreement", "gold_accuracy", "skip_rate", "position_bias",
+                     "flagged_share"]
+
+
+def annotator_table(*, project, sort: str = "username") -> list[dict]:
+    """Return one row per annotator member: work done, time, agreement, gold, skips, bias.
+
+    ``sort`` is a column of ``ANNOTATOR_COLUMNS``, "-" first for descending; empty
+    values sort last either way.
+    """
     members = list(
         Membership.objects.filter(project=project, role=Role.ANNOTATOR)
         .select_related("user").order_by("user__username")
@@ -263,14 +299,11 @@ def annotator_table(*, project) -> list[dict]:
     counts = {
         row["annotator_id"]: row
         for row in Annotation.objects.filter(project=project).values("annotator_id").annotate(
-            tasks=Count("id"), gold=Avg("gold_score")
+            tasks=Count("id"), gold=Avg("gold_score"), position=Avg("position_rho"),
+            flagged=Sum("flagged_responses"), responses=Sum("responses"),
         )
     }
-    times: dict[int, list[int]] = {}
-    for annotator_id, spent in Annotation.objects.filter(
-        project=project, time_spent_ms__isnull=False
-    ).values_list("annotator_id", "time_spent_ms"):
-        times.setdefault(annotator_id, []).append(spent)
+    medians = _median_seconds(project)
     finished = {
         (row["annotator_id"], row["state"]): row["n"]
         for row in Assignment.objects.filter(
@@ -285,8 +318,7 @@ def annotator_table(*, project) -> list[dict]:
         submitted = finished.get((uid, Assignment.State.SUBMITTED), 0)
         skipped = finished.get((uid, Assignment.State.SKIPPED), 0)
         row = counts.get(uid, {})
-        spent = times.get(uid)
-        agree = agreement.get(member.user.username)
+        agree = agreement.get(member.user.username) or {}
         table.append({
             "membership": member,
             "username": member.user.username,
@@ -294,11 +326,22 @@ def annotator_table(*, project) -> list[dict]:
             "paused_reason": member.paused_reason,
             "daily_quota": member.daily_quota,
             "tasks": row.get("tasks", 0),
-            "median_seconds": round(median(spent) / 1000, 1) if spent else None,
-            "agreement": round(agree["agreement"], 3) if agree else None,
-            "gold_accuracy": round(row["gold"], 3) if row.get("gold") is not None else None,
+            "median_seconds": _rounded(medians.get(uid), 1),
+            "agreement": _rounded(agree.get("agreement")),
+            "consensus_agreement": _rounded(agree.get("consensus_agreement")),
+            "gold_accuracy": _rounded(row.get("gold")),
             "skip_rate": round(skipped / (submitted + skipped), 3) if submitted + skipped else None,
+            "position_bias": _rounded(row.get("position")),
+            "flagged_share": (round(row["flagged"] / row["responses"], 3)
+                              if row.get("responses") else None),
         })
+    key = sort.lstrip("-")
+    if key in ANNOTATOR_COLUMNS and key != "username":
+        present = [r for r in table if r[key] is not None]
+        present.sort(key=lambda r: r[key], reverse=sort.startswith("-"))
+        table = present + [r for r in table if r[key] is None]
+    elif sort == "-username":
+        table.reverse()
     return table
 
 
@@ -312,11 +355,11 @@ def disagreements(*, project, limit: int = 20) -> list[dict]:
         TaskAgreement.objects.filter(project=project, pair_count__gt=0)
         .annotate(score=F("pair_sum") / F("pair_count"))
         .order_by("score", "task_id")
-        .values_list("task_id", "score")[:limit]
+        .values_list("task_id", "score", "consensus")[:limit]
     )
     if not worst:
         return []
-    ids = [task_id for task_id, _ in worst]
+    ids = [task_id for task_id, _, _ in worst]
     tasks = Task.objects.in_bulk(ids)
     prompts = {t.pk: t.prompt_id for t in tasks.values()}
     prompt_rows = Prompt.objects.in_bulk(list(prompts.values()))
@@ -331,9 +374,9 @@ def disagreements(*, project, limit: int = 20) -> list[dict]:
     ).order_by("annotator__username").values_list("task_id", "annotator__username", "ranking"):
         rankings.setdefault(task_id, {})[username] = metrics.ranks_of(ranking or [])
     rows = []
-    for task_id, score in worst:
+    for task_id, score, stored in worst:
         by_annotator = rankings.get(task_id, {})
-        consensus = metrics.consensus_ranked_pairs(list(by_annotator.values()))
+        consensus = {int(cid): rank for cid, rank in (stored or {}).items()}
         rows.append({
             "task": task_id,
             "agreement": round(score, 3),
@@ -346,3 +389,72 @@ def disagreements(*, project, limit: int = 20) -> list[dict]:
             ],
         })
     return rows
+
+
+_FLAG_COUNTS_SQL = {
+    # One row per (category, flag raised on a response); JSON expanded in the database.
+    "postgresql": """
+        SELECT p.category, f.flag, COUNT(*)
+        FROM {annotation} a
+        JOIN {task} t ON t.id = a.task_id
+        JOIN {prompt} p ON p.id = t.prompt_id
+        CROSS JOIN LATERAL jsonb_array_elements(a.ranking) e
+        CROSS JOIN LATERAL jsonb_array_elements_text(e -> 'flags') f(flag)
+        WHERE a.project_id = %s AND a.kind = %s AND a.flagged_responses > 0
+        GROUP BY p.category, f.flag""",
+    "sqlite": """
+        SELECT p.category, f.value, COUNT(*)
+        FROM {annotation} a
+        JOIN {task} t ON t.id = a.task_id
+        JOIN {prompt} p ON p.id = t.prompt_id,
+        json_each(a.ranking) e, json_each(e.value, '$.flags') f
+        WHERE a.project_id = %s AND a.kind = %s AND a.flagged_responses > 0
+        GROUP BY p.category, f.value""",
+}
+
+
+def flag_rates(*, project) -> dict:
+    """Return how often each flag was raised per prompt category, of the responses ranked.
+
+    {"flags": [(key, label)], "rows": [{"category", "label", "responses", "rates":
+    [{"flag", "count", "share"}]}], "total": {... the same over all categories}}.
+    """
+    tables = {"annotation": Annotation._meta.db_table, "task": Task._meta.db_table,
+              "prompt": Prompt._meta.db_table}
+    counts: dict[str, dict[str, int]] = {}
+    with connection.cursor() as cursor:
+        cursor.execute(_FLAG_COUNTS_SQL[connection.vendor].format(**tables),
+                       [project.pk, Task.Kind.RANK])
+        for category, flag, n in cursor.fetchall():
+            counts.setdefault(category, {})[flag] = n
+    responses = dict(
+        Annotation.objects.filter(project=project, kind=Task.Kind.RANK)
+        .values("task__prompt__category").annotate(n=Sum("responses"))
+        .values_list("task__prompt__category", "n")
+    )
+    asked = list(project.flags or [])
+    raised = sorted({f for per in counts.values() for f in per} - set(asked))
+    keys = asked + raised  # flags no longer asked still show what was raised
+
+    def rates(per: dict, total: int) -> list[dict]:
+        return [{"flag": key, "count": per.get(key, 0),
+                 "share": round(per.get(key, 0) / total, 4) if total else None,
+                 "percent": round(100 * per.get(key, 0) / total, 1) if total else None}
+                for key in keys]
+
+    labels = dict(Category.choices)
+    rows = []
+    overall: dict[str, int] = {}
+    for category in sorted(set(responses) | set(counts)):
+        per = counts.get(category, {})
+        for key, n in per.items():
+            overall[key] = overall.get(key, 0) + n
+        total = responses.get(category) or 0
+        rows.append({"category": category, "label": labels.get(category, category),
+                     "responses": total, "rates": rates(per, total)})
+    total = sum(n or 0 for n in responses.values())
+    return {
+        "flags": [(key, FLAGS.get(key, key)) for key in keys],
+        "rows": rows,
+        "total": {"responses": total, "rates": rates(overall, total)},
+    }

@@ -26,6 +26,7 @@ urlpatterns = [
     path("projects/<int:project_id>/dashboard/", views.dashboard, name="dashboard"),
     path("projects/<int:project_id>/disagreements/", views.disagreement_explorer,
          name="disagreements"),
+    path("projects/<int:project_id>/flags/", views.flag_report, name="flag_report"),
     path("projects/<int:project_id>/annotators.csv", views.annotators_csv,
          name="annotators_csv"),
     path("projects/<int:project_id>/members/<str:username>/active/", views.member_active,

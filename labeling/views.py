@@ -10,10 +10,12 @@ from django.http import HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import reverse
 from django.utils.translation import gettext as _
+from django.utils.translation import gettext_lazy as _lazy
 from django.utils.translation import ngettext
 from django.views.decorators.http import require_POST
 
 from labeling import selectors
+from labeling.agreement import INSTRUCTGPT_AGREEMENT
 from labeling.charts import bar_chart
 from labeling.flags import FLAGS, RATING_MAX, RATING_MIN
 from labeling.forms import (
@@ -449,18 +451,50 @@ def dashboard(request, project_id):
     stats = selectors.project_stats(project=project)
     throughput = [(row["day"].strftime("%m-%d"), row["annotations"])
                   for row in stats["throughput"]]
+    agreement = ProjectAgreement.objects.filter(project=project).first()
+    trend = [(row["week"], round(row["agreement"], 3)) for row in
+             (agreement.trend if agreement else []) if row["agreement"] is not None]
+    taus = [(f"{row['low']:+.1f}…{row['high']:+.1f}", row["tasks"])
+            for row in (agreement.tau_histogram if agreement else [])]
+    sort = request.GET.get("sort", "username")
     return render(request, "labeling/dashboard.html", {
         "project": project,
         "is_lead": membership.role == Role.LEAD,
         "stats": stats,
         "chart": bar_chart(throughput),
-        "agreement": ProjectAgreement.objects.filter(project=project).first(),
-        "annotators": selectors.annotator_table(project=project),
+        "agreement": agreement,
+        "trend_chart": bar_chart(trend, top=1, reference=INSTRUCTGPT_AGREEMENT),
+        "tau_chart": bar_chart(taus),
+        "sort": sort,
+        "columns": _SORTABLE,
+        "annotators": selectors.annotator_table(project=project, sort=sort),
     })
 
 
-_ANNOTATOR_COLUMNS = ["username", "active", "tasks", "median_seconds", "agreement",
-                      "gold_accuracy", "skip_rate"]
+# (column, heading) of the annotator table, in order; every one sorts.
+_SORTABLE = [
+    ("username", _lazy("Annotator")), ("tasks", _lazy("Tasks")),
+    ("median_seconds", _lazy("Median seconds")), ("agreement", _lazy("Agreement with others")),
+    ("consensus_agreement", _lazy("Agreement with consensus")),
+    ("gold_accuracy", _lazy("Gold accuracy")), ("skip_rate", _lazy("Skip rate")),
+    ("position_bias", _lazy("Position bias")), ("flagged_share", _lazy("Flagged share")),
+]
+
+
+@login_required
+def flag_report(request, project_id):
+    membership = selectors.membership_get(
+        user=request.user, project_id=project_id, roles=selectors.DATA_ROLES
+    )
+    report = selectors.flag_rates(project=membership.project)
+    points = [(str(label), rate["percent"] or 0)
+              for (_, label), rate in zip(report["flags"], report["total"]["rates"],
+                                          strict=True)]
+    return render(request, "labeling/flags.html", {
+        "project": membership.project,
+        "report": report,
+        "chart": bar_chart(points),
+    })
 
 
 @login_required
@@ -473,9 +507,9 @@ def annotators_csv(request, project_id):
         f'attachment; filename="annotators-project-{membership.project_id}.csv"'
     )
     writer = csv.writer(response)
-    writer.writerow(_ANNOTATOR_COLUMNS)
+    writer.writerow(selectors.ANNOTATOR_COLUMNS)
     for row in selectors.annotator_table(project=membership.project):
-        writer.writerow(["" if row[c] is None else row[c] for c in _ANNOTATOR_COLUMNS])
+        writer.writerow(["" if row[c] is None else row[c] for c in selectors.ANNOTATOR_COLUMNS])
     return response
 
 

@@ -14,12 +14,15 @@ import json
 import queue
 import threading
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from datetime import timedelta
 from functools import lru_cache
 from itertools import combinations
 
 from django.db import connection, transaction
-from django.db.models import Sum
+from django.db.models import Avg, Sum
 from django.utils import timezone
+from django.utils.dateparse import parse_datetime
 
 from labeling import agreement
 from labeling.models import (
@@ -45,46 +48,126 @@ def _ordered(ranks: dict) -> tuple[tuple, tuple] | None:
 
 
 @lru_cache(maxsize=1 << 16)
-def _rank_agreement(a: tuple, b: tuple) -> float | None:
-    # agreement.pairwise_agreement for two rankings of the same completions, given as
-    # rank tuples in one completion order: a pair counts when either ranking orders it
-    # and agrees when both order it the same way. Both divide the same two integers, so
-    # the floats are identical; only the rank pattern matters, hence the cache (K=4 has
-    # 75 patterns).
-    counted = agreed = 0
+def _rank_pair(a: tuple, b: tuple) -> tuple[float | None, float | None]:
+    """Return (pairwise agreement, Kendall tau-b) of two rank tuples in one completion order.
+
+    Equal to agreement.pairwise_agreement and agreement.kendall_tau_b on the same
+    rankings: a pair counts for agreement when either ranking orders it and agrees when
+    both order it the same way; tau-b = (C - D) / sqrt((n0 - n1) (n0 - n2)). Only the
+    rank pattern matters, hence the cache (K=4 has 75 patterns).
+    """
+    counted = agreed = concordant = discordant = ties_a = ties_b = pairs = 0
     for i in range(len(a)):
         for j in range(i + 1, len(a)):
             x = (a[i] > a[j]) - (a[i] < a[j])
             y = (b[i] > b[j]) - (b[i] < b[j])
+            pairs += 1
+            ties_a += not x
+            ties_b += not y
             if x or y:
                 counted += 1
                 agreed += x == y
-    return agreed / counted if counted else None
+            if x and y:
+                concordant += x == y
+                discordant += x != y
+    denominator = ((pairs - ties_a) * (pairs - ties_b)) ** 0.5
+    tau = (concordant - discordant) / denominator if denominator else None
+    return (agreed / counted if counted else None), tau
 
 
-def _task_parts(annotations: dict) -> tuple[float, int, dict]:
-    """Return (pair sum, pair count, {annotator: [sum, count]}) for one task.
+@lru_cache(maxsize=1 << 16)
+def _consensus_pattern(patterns: tuple) -> tuple:
+    """Return the ranked-pairs consensus of rank tuples (one completion order) as a tuple."""
+    consensus = agreement.consensus_ranked_pairs(
+        [dict(enumerate(ranks)) for ranks in patterns]
+    )
+    return tuple(consensus[i] for i in range(len(patterns[0])))
 
-    ``annotations``: {annotator: (ranks, ordered)}, ordered from ``_ordered``.
+
+@dataclass
+class _TaskFigures:
+    pair_sum: float = 0.0
+    pair_count: int = 0
+    tau_sum: float = 0.0
+    tau_count: int = 0
+    consensus: dict = field(default_factory=dict)
+    # {annotator: [agreement sum with the others, their count, agreement with consensus]}
+    per_annotator: dict = field(default_factory=dict)
+    coincidences: dict = field(default_factory=dict)
+
+
+def _pair(first, second) -> tuple[float | None, float | None]:
+    (ranks_x, ordered_x, _), (ranks_y, ordered_y, _) = first, second
+    if ordered_x is not None and ordered_y is not None and ordered_x[0] == ordered_y[0]:
+        return _rank_pair(ordered_x[1], ordered_y[1])
+    return (agreement.pairwise_agreement(ranks_x, ranks_y),
+            agreement.kendall_tau_b(ranks_x, ranks_y))
+
+
+def _consensus(annotations: dict) -> dict:
+    ordered = [ordered for _, ordered, _ in annotations.values()]
+    if all(o is not None and o[0] == ordered[0][0] for o in ordered):
+        keys = ordered[0][0]
+        return dict(zip(keys, _consensus_pattern(tuple(sorted(o[1] for o in ordered))),
+                        strict=True))
+    return agreement.consensus_ranked_pairs([ranks for ranks, _, _ in annotations.values()])
+
+
+def _coincidences(annotations: dict, asked_flags: list) -> dict:
+    """Return the task's rank, rating and flag coincidences (Krippendorff units)."""
+    ranks: dict = {}
+    ratings: dict = {}
+    flags: dict = {}
+    for _, _, entries in annotations.values():
+        for entry in entries:
+            completion = entry.get("completion")
+            if entry.get("rank") is not None:
+                ranks.setdefault(completion, []).append(entry["rank"])
+            if entry.get("rating") is not None:
+                ratings.setdefault(completion, []).append(entry["rating"])
+            flags.setdefault(completion, []).append(entry.get("flags") or ())
+    flag_total: dict = {}
+    for flag_sets in flags.values():
+        agreement.coincidences_add(flag_total, agreement.flag_coincidences(flag_sets,
+                                                                           asked_flags))
+    return {
+        name: [[c, k, v] for (c, k), v in sorted(o.items())]
+        for name, o in (("rank", agreement.coincidences(ranks.values())),
+                        ("rating", agreement.coincidences(ratings.values())),
+                        ("flag", flag_total))
+        if o
+    }
+
+
+def _task_figures(annotations: dict, asked_flags: list) -> _TaskFigures:
+    """Return one task's stored figures from ``{annotator: (ranks, ordered, entries)}``.
+
+    ``ordered`` comes from ``_ordered``; ``entries`` is the annotation's ranking document.
     """
-    pair_sum, pair_count = 0.0, 0
-    per_annotator: dict = {}
+    figures = _TaskFigures()
+    per_annotator = figures.per_annotator
     for x, y in combinations(sorted(annotations), 2):
-        ranks_x, ordered_x = annotations[x]
-        ranks_y, ordered_y = annotations[y]
-        if ordered_x is not None and ordered_y is not None and ordered_x[0] == ordered_y[0]:
-            value = _rank_agreement(ordered_x[1], ordered_y[1])
-        else:
-            value = agreement.pairwise_agreement(ranks_x, ranks_y)
+        value, tau = _pair(annotations[x], annotations[y])
+        if tau is not None:
+            figures.tau_sum += tau
+            figures.tau_count += 1
         if value is None:
             continue
-        pair_sum += value
-        pair_count += 1
+        figures.pair_sum += value
+        figures.pair_count += 1
         for annotator in (x, y):
-            parts = per_annotator.setdefault(annotator, [0.0, 0])
+            parts = per_annotator.setdefault(annotator, [0.0, 0, None])
             parts[0] += value
             parts[1] += 1
-    return pair_sum, pair_count, per_annotator
+    figures.consensus = _consensus(annotations)
+    ordered_consensus = _ordered(figures.consensus)
+    for annotator, (ranks, ordered, entries) in annotations.items():
+        if annotator in per_annotator:
+            per_annotator[annotator][2] = _pair(
+                (ranks, ordered, entries), (figures.consensus, ordered_consensus, None)
+            )[0]
+    figures.coincidences = _coincidences(annotations, asked_flags)
+    return figures
 
 
 def _table(model) -> str:
@@ -92,7 +175,9 @@ def _table(model) -> str:
 
 
 def _stale_rows(cursor, project, full: bool) -> Iterator[tuple]:
-    """Yield (task_id, annotator_id, ranking) in task order, annotator None for no annotation.
+    """Yield (task_id, annotator_id, ranking, created_at) in task order.
+
+    The annotator is None for a task without any rank annotation.
 
     Every multiply-ranked task comes, with ``full``; otherwise those whose stored count
     differs from their submitted count (or that have no stored row).
@@ -100,7 +185,7 @@ def _stale_rows(cursor, project, full: bool) -> Iterator[tuple]:
     stale = "" if full else "AND (ta.annotations IS NULL OR ta.annotations <> t.submitted_count)"
     cursor.execute(
         f"""
-        SELECT t.id, a.annotator_id, a.ranking
+        SELECT t.id, a.annotator_id, a.ranking, a.created_at
         FROM {_table(Task)} t
         LEFT JOIN {_table(TaskAgreement)} ta ON ta.task_id = t.id
         LEFT JOIN {_table(Annotation)} a ON a.task_id = t.id AND a.kind = %s
@@ -119,37 +204,46 @@ def _stale_rows(cursor, project, full: bool) -> Iterator[tuple]:
         yield from rows
 
 
-def _tasks(rows: Iterator[tuple]) -> Iterator[tuple[int, int, dict]]:
-    """Group streamed rows into (task_id, annotation count, {annotator: (ranks, ordered)})."""
-    current, count, annotations = None, 0, {}
-    for task_id, annotator_id, ranking in rows:
+def _tasks(rows: Iterator[tuple]) -> Iterator[tuple[int, int, dict, object]]:
+    """Group streamed rows into (task_id, count, {annotator: (ranks, ordered, entries)}, last).
+
+    ``last`` is when the task's latest annotation was made.
+    """
+    current, count, annotations, last = None, 0, {}, None
+    for task_id, annotator_id, ranking, created_at in rows:
         if task_id != current:
             if current is not None:
-                yield current, count, annotations
-            current, count, annotations = task_id, 0, {}
+                yield current, count, annotations, last
+            current, count, annotations, last = task_id, 0, {}, None
         if annotator_id is None:  # a task without any rank annotation (LEFT JOIN)
             continue
         if isinstance(ranking, str):  # SQLite hands JSON back as text
             ranking = json.loads(ranking)
-        ranks = agreement.ranks_of(ranking or [])
-        annotations[annotator_id] = (ranks, _ordered(ranks))
+        if isinstance(created_at, str):
+            created_at = parse_datetime(created_at)
+        entries = ranking or []
+        ranks = agreement.ranks_of(entries)
+        annotations[annotator_id] = (ranks, _ordered(ranks), entries)
         count += 1
+        last = created_at if last is None or created_at > last else last
     if current is not None:
-        yield current, count, annotations
+        yield current, count, annotations, last
 
 
-_TASK_COLUMNS = "task_id, project_id, annotations, pair_sum, pair_count, computed_at"
-_ANNOTATOR_COLUMNS = "task_id, annotator_id, project_id, agree_sum, pair_count"
-_TASK_UPSERT = (
-    "ON CONFLICT (task_id) DO UPDATE SET annotations = EXCLUDED.annotations, "
-    "pair_sum = EXCLUDED.pair_sum, pair_count = EXCLUDED.pair_count, "
-    "computed_at = EXCLUDED.computed_at"
+_TASK_FIELDS = ["task_id", "project_id", "annotations", "pair_sum", "pair_count", "tau_sum",
+                "tau_count", "consensus", "coincidences", "last_annotated_at", "computed_at"]
+_TASK_COLUMNS = ", ".join(_TASK_FIELDS)
+_ANNOTATOR_FIELDS = ["task_id", "annotator_id", "project_id", "agree_sum", "pair_count",
+                     "consensus_agree"]
+_ANNOTATOR_COLUMNS = ", ".join(_ANNOTATOR_FIELDS)
+_TASK_UPSERT = "ON CONFLICT (task_id) DO UPDATE SET " + ", ".join(
+    f"{f} = EXCLUDED.{f}" for f in _TASK_FIELDS[2:]
 )
 _ANNOTATOR_UPSERT = (
     "ON CONFLICT (task_id, annotator_id) DO UPDATE SET agree_sum = EXCLUDED.agree_sum, "
-    "pair_count = EXCLUDED.pair_count WHERE ({table}.agree_sum, {table}.pair_count) "
-    "IS DISTINCT FROM "
-    "(EXCLUDED.agree_sum, EXCLUDED.pair_count)"
+    "pair_count = EXCLUDED.pair_count, consensus_agree = EXCLUDED.consensus_agree "
+    "WHERE ({table}.agree_sum, {table}.pair_count, {table}.consensus_agree) "
+    "IS DISTINCT FROM (EXCLUDED.agree_sum, EXCLUDED.pair_count, EXCLUDED.consensus_agree)"
 )
 
 
@@ -161,12 +255,14 @@ def _write(cursor, task_rows: list[tuple], annotator_rows: list[tuple]) -> None:
         cursor.execute(
             "CREATE TEMP TABLE IF NOT EXISTS agreement_task_tmp (task_id bigint, "
             "project_id bigint, annotations integer, pair_sum double precision, "
-            "pair_count integer, computed_at timestamptz) ON COMMIT DROP"
+            "pair_count integer, tau_sum double precision, tau_count integer, "
+            "consensus jsonb, coincidences jsonb, last_annotated_at timestamptz, "
+            "computed_at timestamptz) ON COMMIT DROP"
         )
         cursor.execute(
             "CREATE TEMP TABLE IF NOT EXISTS agreement_annotator_tmp (task_id bigint, "
             "annotator_id bigint, project_id bigint, agree_sum double precision, "
-            "pair_count integer) ON COMMIT DROP"
+            "pair_count integer, consensus_agree double precision) ON COMMIT DROP"
         )
         for tmp, columns, rows, target, upsert in (
             ("agreement_task_tmp", _TASK_COLUMNS, task_rows, TaskAgreement, _TASK_UPSERT),
@@ -182,15 +278,14 @@ def _write(cursor, task_rows: list[tuple], annotator_rows: list[tuple]) -> None:
                 + upsert.format(table=_table(target))
             )
         return
-    placeholders = ", ".join(["%s"] * 6)
     cursor.executemany(
-        f"INSERT INTO {_table(TaskAgreement)} ({_TASK_COLUMNS}) VALUES ({placeholders}) "
-        f"{_TASK_UPSERT}",
+        f"INSERT INTO {_table(TaskAgreement)} ({_TASK_COLUMNS}) "
+        f"VALUES ({', '.join(['%s'] * len(_TASK_FIELDS))}) {_TASK_UPSERT}",
         task_rows,
     )
     cursor.executemany(
         f"INSERT INTO {_table(AnnotatorTaskAgreement)} ({_ANNOTATOR_COLUMNS}) "
-        f"VALUES (%s, %s, %s, %s, %s) "
+        f"VALUES ({', '.join(['%s'] * len(_ANNOTATOR_FIELDS))}) "
         + _ANNOTATOR_UPSERT.format(table=_table(AnnotatorTaskAgreement)),
         annotator_rows,
     )
@@ -202,13 +297,18 @@ def _compute(project, full: bool, write: Callable[[list, list], None]) -> int:
     count = 0
     task_rows: list[tuple] = []
     annotator_rows: list[tuple] = []
+    asked_flags = list(project.flags or [])
     with connection.chunked_cursor() as reader:
-        for task_id, annotations, rankings in _tasks(_stale_rows(reader, project, full)):
-            pair_sum, pair_count, per_annotator = _task_parts(rankings)
-            task_rows.append((task_id, project.pk, annotations, pair_sum, pair_count, now))
+        for task_id, annotations, rankings, last in _tasks(_stale_rows(reader, project, full)):
+            f = _task_figures(rankings, asked_flags)
+            task_rows.append((
+                task_id, project.pk, annotations, f.pair_sum, f.pair_count, f.tau_sum,
+                f.tau_count, json.dumps({str(c): r for c, r in f.consensus.items()}),
+                json.dumps(f.coincidences), last, now,
+            ))
             annotator_rows += [
-                (task_id, annotator, project.pk, parts[0], parts[1])
-                for annotator, parts in per_annotator.items()
+                (task_id, annotator, project.pk, parts[0], parts[1], parts[2])
+                for annotator, parts in f.per_annotator.items()
             ]
             count += 1
             if len(task_rows) >= REFRESH_BATCH:
@@ -277,14 +377,59 @@ def agreement_refresh(*, project, full: bool = False) -> int:
     return count
 
 
+_TAU_BINS = 10  # over [-1, 1]
+_ALPHA_LEVELS = {"rank": "ordinal", "rating": "ordinal", "flag": "nominal"}
+
+
+def _week_of(moment) -> str:
+    day = timezone.localtime(moment).date() if timezone.is_aware(moment) else moment.date()
+    return (day - timedelta(days=day.weekday())).isoformat()
+
+
 def _store_project_agreement(project) -> None:
-    parts = list(
-        TaskAgreement.objects.filter(project=project, pair_count__gt=0)
+    """Store the project's figures from its stored task rows (one pass over them)."""
+    parts: list[tuple[float, int]] = []
+    weeks: dict[str, list] = {}
+    tau_sum, tau_count = 0.0, 0
+    histogram = [0] * _TAU_BINS
+    totals: dict[str, dict] = {name: {} for name in _ALPHA_LEVELS}
+    rows = (
+        TaskAgreement.objects.filter(project=project)
         .order_by("task_id")  # a fixed order: the bootstrap resamples by position
-        .values_list("pair_sum", "pair_count")
+        .values_list("pair_sum", "pair_count", "tau_sum", "tau_count", "coincidences",
+                     "last_annotated_at")
     )
+    for pair_sum, pair_count, t_sum, t_count, coincident, last in rows.iterator(2000):
+        if pair_count:
+            parts.append((pair_sum, pair_count))
+            if last is not None:
+                weeks.setdefault(_week_of(last), []).append((pair_sum, pair_count))
+        if t_count:
+            tau_sum += t_sum
+            tau_count += t_count
+            mean = t_sum / t_count
+            histogram[min(int((mean + 1) / 2 * _TAU_BINS), _TAU_BINS - 1)] += 1
+        for name, triples in (coincident or {}).items():
+            total = totals.get(name)
+            if total is not None:
+                for c, k, value in triples:
+                    total[(c, k)] = total.get((c, k), 0.0) + value
     overall = _BOOTSTRAP_PARTS(parts) if parts else None
     interval = agreement.bootstrap_ci(parts, _BOOTSTRAP_PARTS) if parts else None
+    trend = []
+    for week in sorted(weeks):
+        week_parts = weeks[week]
+        week_interval = agreement.bootstrap_ci(week_parts, _BOOTSTRAP_PARTS)
+        trend.append({
+            "week": week, "agreement": _BOOTSTRAP_PARTS(week_parts), "tasks": len(week_parts),
+            "low": week_interval[0] if week_interval else None,
+            "high": week_interval[1] if week_interval else None,
+        })
+    consensus = AnnotatorTaskAgreement.objects.filter(
+        project=project, consensus_agree__isnull=False
+    ).aggregate(mean=Avg("consensus_agree"))["mean"]
+    alphas = {name: agreement.alpha_from_coincidences(totals[name], level)
+              for name, level in _ALPHA_LEVELS.items()}
     ProjectAgreement.objects.update_or_create(
         project=project,
         defaults={
@@ -293,21 +438,34 @@ def _store_project_agreement(project) -> None:
             "interval_high": interval[1] if interval else None,
             "tasks": len(parts),
             "pairs": sum(count for _, count in parts),
+            "tau": tau_sum / tau_count if tau_count else None,
+            "tau_histogram": [
+                {"low": round(-1 + 2 * i / _TAU_BINS, 2),
+                 "high": round(-1 + 2 * (i + 1) / _TAU_BINS, 2), "tasks": n}
+                for i, n in enumerate(histogram)
+            ],
+            "rank_alpha": alphas["rank"],
+            "rating_alpha": alphas["rating"],
+            "flag_alpha": alphas["flag"],
+            "consensus_agreement": consensus,
+            "trend": trend,
         },
     )
 
 
 def annotator_agreements(*, project) -> list[dict]:
-    """Return each annotator's stored leave-one-out agreement, lowest first."""
+    """Return each annotator's stored leave-one-out and consensus agreement, lowest first."""
     rows = (
         AnnotatorTaskAgreement.objects.filter(project=project, pair_count__gt=0)
         .values("annotator_id", "annotator__username")
-        .annotate(agree=Sum("agree_sum"), pairs=Sum("pair_count"))
+        .annotate(agree=Sum("agree_sum"), pairs=Sum("pair_count"),
+                  consensus=Avg("consensus_agree"))
     )
     result = [
         {
             "annotator": row["annotator__username"],
             "agreement": row["agree"] / row["pairs"],
+            "consensus_agreement": row["consensus"],
             "pairs": row["pairs"],
         }
         for row in rows

@@ -14,6 +14,7 @@ from django.utils import timezone
 from django.utils.dateparse import parse_datetime
 from django.utils.translation import gettext as _
 
+from labeling.agreement import ranking_summary
 from labeling.flags import RATING_MAX, RATING_MIN
 from labeling.models import (
     Annotation,
@@ -275,6 +276,8 @@ def _fill_ranking(annotation, held: _Locked, data) -> None:
         }
         for cid in assignment.display_order
     ]
+    summary = ranking_summary(annotation.ranking)
+    annotation.position_rho, annotation.flagged_responses, annotation.responses = summary
     better = _clean_text(data.get("text"), required=False)
     if better.strip():
         annotation.text = better

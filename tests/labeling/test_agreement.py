@@ -12,11 +12,15 @@ from labeling.agreement import (
     GOLD_ACCURACY,
     PROJECT_AGREEMENT,
     RatioStatistic,
+    alpha_from_coincidences,
     annotator_agreement,
     annotator_agreement_statistic,
     bootstrap_ci,
+    coincidences,
+    coincidences_add,
     consensus_borda,
     consensus_ranked_pairs,
+    flag_coincidences,
     gold_accuracy,
     kendall_tau_b,
     krippendorff_alpha,
@@ -159,6 +163,52 @@ def test_krippendorff_alpha_matches_the_krippendorff_package(units, level):
         assert math.isnan(expected)
     else:
         assert alpha == pytest.approx(expected)
+
+
+@pytest.mark.parametrize(
+    ("level", "expected"), [("nominal", 0.743), ("ordinal", 0.815), ("interval", 0.849)]
+)
+def test_alpha_from_coincidences_on_the_textbook_example(level, expected):
+    o = coincidences(unit.values() for unit in as_units(TEXTBOOK))
+    assert alpha_from_coincidences(o, level) == pytest.approx(expected, abs=5e-4)
+
+
+@FAST
+@given(
+    st.lists(
+        st.dictionaries(st.sampled_from("abcde"), st.integers(1, 7), max_size=5),
+        min_size=1,
+        max_size=12,
+    ),
+    st.integers(0, 12),
+    st.sampled_from(["ordinal", "nominal", "interval"]),
+)
+def test_coincidences_summed_over_parts_give_the_alpha_of_all_units(units, cut, level):
+    # Tasks store their own coincidences; the project's alpha comes from their sum.
+    total: dict = {}
+    coincidences_add(total, coincidences(u.values() for u in units[:cut]))
+    coincidences_add(total, coincidences(u.values() for u in units[cut:]))
+    expected = krippendorff_alpha(units, level)
+    alpha = alpha_from_coincidences(total, level)
+    if expected is None:
+        assert alpha is None or math.isnan(alpha)
+    else:
+        assert alpha == pytest.approx(expected)
+
+
+@FAST
+@given(
+    st.lists(st.lists(st.sampled_from(["pii", "violent", "opinion", "other"]), max_size=3),
+             min_size=0, max_size=5),
+)
+def test_flag_coincidences_equal_the_general_count_of_0_1_units(flag_sets):
+    asked = ["pii", "violent", "opinion"]
+    units = [[int(flag in flags) for flags in flag_sets] for flag in asked]
+    expected = coincidences(units)
+    got = flag_coincidences(flag_sets, asked)
+    assert set(got) == set(expected)
+    for key, value in expected.items():
+        assert got[key] == pytest.approx(value)
 
 
 def test_task_agreement_averages_annotator_pairs():

@@ -4,6 +4,7 @@ import csv
 import io
 
 from labeling.models import Membership
+from labeling.selectors import annotator_table, flag_rates
 from labeling.services.assignment import assignment_claim_next, assignment_skip
 from labeling.services.metrics import agreement_refresh
 from labeling.services.project import project_update
@@ -19,7 +20,8 @@ def _rank(project, user):
 
 def test_the_dashboard_and_stats_are_for_leads_and_engineers(project, rank_tasks, client, api,
                                                              alice, bob, erin, charlie):
-    for path in ("/projects/{}/dashboard/", "/projects/{}/annotators.csv"):
+    for path in ("/projects/{}/dashboard/", "/projects/{}/annotators.csv",
+                 "/projects/{}/flags/", "/projects/{}/disagreements/"):
         url = path.format(project.pk)
         client.force_login(charlie)
         assert client.get(url).status_code == 404
@@ -69,6 +71,73 @@ def test_the_annotator_table_and_csv(project, rank_tasks, client, alice, bob, da
     assert by_name["bob"]["tasks"] == "2" and by_name["bob"]["median_seconds"] == "4.0"
     assert by_name["bob"]["skip_rate"] == str(round(1 / 3, 3))
     assert by_name["bob"]["agreement"] == "1.0"  # both sorted the same way
+    assert by_name["bob"]["consensus_agreement"] == "1.0"
+    assert by_name["bob"]["flagged_share"] == "0.0"
+
+
+def _rank_in_display_order(project, user, *, flag_first=False):
+    # Rank responses exactly as shown: the strongest possible position bias (+1).
+    a = assignment_claim_next(project=project, annotator=user)
+    ranking = [{"completion": c, "rank": i + 1, "rating": 5,
+                "flags": ["hallucination"] if flag_first and i == 0 else []}
+               for i, c in enumerate(a.display_order)]
+    annotation_submit(assignment=a, data={"ranking": ranking}, time_spent_ms=2000)
+    return a
+
+
+def test_the_annotator_table_shows_position_bias_and_flags_and_sorts(project, rank_tasks,
+                                                                      client, alice, bob, dana):
+    project_update(project=project, overlap=2)
+    rank_tasks.update(required_annotations=2)
+    for _ in range(2):
+        _rank_in_display_order(project, bob, flag_first=True)
+        _rank(project, dana)
+    table = {row["username"]: row for row in annotator_table(project=project)}
+    assert table["bob"]["position_bias"] == 1.0
+    assert table["bob"]["flagged_share"] == 0.25  # one response of four, twice
+    assert table["dana"]["flagged_share"] == 0.0
+    by_flags = annotator_table(project=project, sort="-flagged_share")
+    assert [row["username"] for row in by_flags] == ["bob", "dana"]
+    by_flags = annotator_table(project=project, sort="flagged_share")
+    assert [row["username"] for row in by_flags] == ["dana", "bob"]
+    client.force_login(alice)
+    page = client.get(f"/projects/{project.pk}/dashboard/?sort=-flagged_share").content.decode()
+    assert page.index("<td>bob</td>") < page.index("<td>dana</td>")
+    assert 'aria-sort="descending"' in page
+
+
+def test_flags_are_counted_per_category(project, rank_tasks, client, alice, bob):
+    for _ in range(3):
+        _rank_in_display_order(project, bob, flag_first=True)
+    report = flag_rates(project=project)
+    total = report["total"]
+    assert total["responses"] == 12
+    rates = {rate["flag"]: rate for rate in total["rates"]}
+    assert rates["hallucination"]["count"] == 3 and rates["hallucination"]["share"] == 0.25
+    assert rates["contains_pii"]["count"] == 0
+    assert sum(row["responses"] for row in report["rows"]) == 12
+    client.force_login(alice)
+    page = client.get(f"/projects/{project.pk}/flags/").content.decode()
+    assert 'id="flag-chart"' in page and "(25.0%)" in page
+
+
+def test_the_agreement_page_and_api_carry_tau_alpha_and_trend(project, rank_tasks, client,
+                                                              api, alice, bob, dana):
+    project_update(project=project, overlap=2)
+    rank_tasks.update(required_annotations=2)
+    for _ in range(3):
+        _rank(project, bob)
+        _rank_in_display_order(project, dana)
+    agreement_refresh(project=project)
+    body = api(alice).get(f"/api/v1/projects/{project.pk}/agreement/").json()
+    assert -1 <= body["tau"] <= 1
+    assert sum(b["tasks"] for b in body["tau_histogram"]) == 3
+    assert set(body["alpha"]) == {"ranks", "ratings", "flags"}
+    assert body["trend"][0]["tasks"] == 3 and "week" in body["trend"][0]
+    client.force_login(alice)
+    page = client.get(f"/projects/{project.pk}/dashboard/").content.decode()
+    for chart in ('id="trend-chart"', 'id="tau-chart"', 'class="reference"'):
+        assert chart in page
 
 
 def test_a_lead_pauses_and_reactivates_an_annotator(project, rank_tasks, client, api, alice,

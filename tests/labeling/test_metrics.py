@@ -1,5 +1,6 @@
 """Stored agreement: incremental refreshes equal a full recompute; the API reads them."""
 
+import itertools
 import random
 
 import pytest
@@ -29,19 +30,22 @@ def _submit_random(project, annotator, rng):
     order = list(assignment.display_order)
     rng.shuffle(order)
     ranks = [1, 1, 2, 3] if rng.random() < 0.3 else [1, 2, 3, 4]
-    ranking = [{"completion": c, "rank": r, "rating": 4} for c, r in zip(order, ranks,
-                                                                        strict=True)]
+    ranking = [{"completion": c, "rank": r, "rating": rng.randint(1, 7),
+                "flags": ["hallucination"] if rng.random() < 0.2 else []}
+               for c, r in zip(order, ranks, strict=True)]
     annotation_submit(assignment=assignment, data={"ranking": ranking})
     return True
 
 
 def _snapshot(project):
     tasks = sorted(TaskAgreement.objects.filter(project=project).values_list(
-        "task_id", "annotations", "pair_sum", "pair_count"))
+        "task_id", "annotations", "pair_sum", "pair_count", "tau_sum", "tau_count",
+        "consensus", "coincidences", "last_annotated_at"))
     people = sorted(AnnotatorTaskAgreement.objects.filter(project=project).values_list(
-        "task_id", "annotator_id", "agree_sum", "pair_count"))
-    overall = ProjectAgreement.objects.get(project=project)
-    return tasks, people, (overall.agreement, overall.tasks, overall.pairs)
+        "task_id", "annotator_id", "agree_sum", "pair_count", "consensus_agree"))
+    o = ProjectAgreement.objects.get(project=project)
+    return tasks, people, (o.agreement, o.tasks, o.pairs, o.tau, o.tau_histogram, o.rank_alpha,
+                           o.rating_alpha, o.flag_alpha, o.consensus_agreement, o.trend)
 
 
 def test_incremental_refreshes_equal_a_full_recompute(project):
@@ -59,11 +63,40 @@ def test_incremental_refreshes_equal_a_full_recompute(project):
     assert _snapshot(project) == incremental
     # The stored figure is the pure module's project agreement over the same rankings.
     tasks: dict = {}
+    documents: dict = {}
     for task_id, annotator_id, ranking in Annotation.objects.filter(
             project=project, kind="rank").values_list("task_id", "annotator_id", "ranking"):
         tasks.setdefault(task_id, {})[annotator_id] = agreement.ranks_of(ranking)
-    expected = agreement.project_agreement([t for t in tasks.values() if len(t) >= 2])
-    assert incremental[2][0] == pytest.approx(expected)
+        documents.setdefault(task_id, {})[annotator_id] = ranking
+    multi = {t: r for t, r in tasks.items() if len(r) >= 2}
+    overall = ProjectAgreement.objects.get(project=project)
+    assert overall.agreement == pytest.approx(agreement.project_agreement(list(multi.values())))
+    taus = [agreement.kendall_tau_b(r[x], r[y]) for r in multi.values()
+            for x, y in itertools.combinations(sorted(r), 2)]
+    taus = [t for t in taus if t is not None]
+    assert overall.tau == pytest.approx(sum(taus) / len(taus))
+    assert sum(b["tasks"] for b in overall.tau_histogram) == len(multi)
+    # Alphas from the summed per-task coincidences equal alpha over every unit at once.
+    units: dict = {"rank": [], "rating": [], "flag": []}
+    for task_id in multi:
+        per_completion: dict = {}
+        for annotator, ranking in documents[task_id].items():
+            for e in ranking:
+                per_completion.setdefault(e["completion"], {})[annotator] = e
+        for entries in per_completion.values():
+            units["rank"].append({a: e["rank"] for a, e in entries.items()})
+            units["rating"].append({a: e["rating"] for a, e in entries.items()})
+            for flag in project.flags:
+                units["flag"].append({a: int(flag in e["flags"]) for a, e in entries.items()})
+    assert overall.rank_alpha == pytest.approx(agreement.krippendorff_alpha(units["rank"]))
+    assert overall.rating_alpha == pytest.approx(agreement.krippendorff_alpha(units["rating"]))
+    assert overall.flag_alpha == pytest.approx(
+        agreement.krippendorff_alpha(units["flag"], "nominal"))
+    # Each stored consensus is the pure ranked-pairs consensus of the raw rankings.
+    for task_id, consensus in TaskAgreement.objects.values_list("task_id", "consensus"):
+        expected = agreement.consensus_ranked_pairs(list(multi[task_id].values()))
+        assert {int(c): r for c, r in consensus.items()} == expected
+    assert sum(w["tasks"] for w in overall.trend) == overall.tasks
 
 
 def test_identical_and_reversed_rankings(project, bob, dana):
@@ -108,15 +141,21 @@ def test_the_api_reports_the_interval_and_each_annotator(project, api, alice):
 
 @settings(max_examples=200, deadline=None)
 @given(st.lists(st.integers(1, 4), min_size=2, max_size=9), st.randoms())
-def test_the_fast_pair_routine_equals_the_reference(ranks, rnd):
-    from labeling.services.metrics import _ordered, _rank_agreement
+def test_the_fast_pair_routines_equal_the_reference(ranks, rnd):
+    from labeling.services.metrics import _consensus_pattern, _ordered, _rank_pair
 
     ids = list(range(100, 100 + len(ranks)))
     a = dict(zip(ids, ranks, strict=True))
     other = ranks[:]
     rnd.shuffle(other)
     b = dict(zip(ids, other, strict=True))
-    assert _rank_agreement(_ordered(a)[1], _ordered(b)[1]) == agreement.pairwise_agreement(a, b)
+    value, tau = _rank_pair(_ordered(a)[1], _ordered(b)[1])
+    assert value == agreement.pairwise_agreement(a, b)
+    expected_tau = agreement.kendall_tau_b(a, b)
+    assert tau == (None if expected_tau is None else pytest.approx(expected_tau))
+    patterns = tuple(sorted([_ordered(a)[1], _ordered(b)[1], _ordered(b)[1]]))
+    consensus = dict(zip(ids, _consensus_pattern(patterns), strict=True))
+    assert consensus == agreement.consensus_ranked_pairs([a, b, b])
 
 
 def _filled_project(project, n_tasks=40):
@@ -153,15 +192,15 @@ def test_a_failed_refresh_writes_nothing(postgres, project, monkeypatch):
 
     monkeypatch.setattr(metrics, "REFRESH_BATCH", 5)
     _filled_project(project, n_tasks=20)
-    real, calls = metrics._task_parts, []
+    real, calls = metrics._task_figures, []
 
-    def failing(annotations):
+    def failing(annotations, asked_flags):
         calls.append(1)
         if len(calls) > 12:  # after two batches went to the writer
             raise RuntimeError("boom")
-        return real(annotations)
+        return real(annotations, asked_flags)
 
-    monkeypatch.setattr(metrics, "_task_parts", failing)
+    monkeypatch.setattr(metrics, "_task_figures", failing)
     with pytest.raises(RuntimeError):
         metrics.agreement_refresh(project=project, full=True)
     assert not TaskAgreement.objects.exists()
