@@ -4,14 +4,15 @@ Builds a project with N rank tasks (K=4) each ranked by A annotators directly in
 fresh PostgreSQL database (`laoshi_bench_agreement`, dropped at the end): ratings near
 the annotator's rank, a flag on about 8% of responses, times per task and annotation
 dates over ten weeks. Then times `agreement_refresh(full=True)` (what `manage.py
-recompute_agreement` runs) on empty tables and again on stored rows, and the median
+recompute_agreement` runs) on empty tables and again on stored rows, the periodic
+computation of the stored dashboard figures (`figures_refresh`), and the median
 server time (in-process test client, 10 requests each) of the agreement API, the
 dashboard, the flags page, the disagreement explorer and the annotator CSV.
 
     .venv/bin/python -m bench.agreement_bench [--tasks 100000] [--annotators 3] [--profile]
 
 Ends with one line: tasks=<n> annotations=<m> recompute_s=<s> recompute_again_s=<s>
-api_ms=<ms> dashboard_ms=<ms> flags_ms=<ms> disagreements_ms=<ms> csv_ms=<ms>
+figures_s=<s> api_ms=<ms> dashboard_ms=<ms> flags_ms=<ms> disagreements_ms=<ms> csv_ms=<ms>
 """
 
 import argparse
@@ -36,7 +37,8 @@ def main() -> int:
     parser.add_argument("--tasks", type=int, default=100_000)
     parser.add_argument("--annotators", type=int, default=3)
     parser.add_argument("--profile", action="store_true",
-                        help="print the recompute's top functions by cumulative time")
+                        help="print the recompute's top functions by cumulative time, and "
+                             "the slowest queries of each page")
     parser.add_argument("--postgres-url", default="postgresql://postgres@127.0.0.1:5432/postgres")
     args = parser.parse_args()
     with psycopg.connect(args.postgres_url, autocommit=True) as conn:
@@ -67,6 +69,7 @@ def _run(args) -> int:
     from django.core.management import call_command
     from django.db import connection
     from django.test import Client
+    from django.test.utils import CaptureQueriesContext
     from django.utils import timezone
     from rest_framework.authtoken.models import Token
 
@@ -80,6 +83,7 @@ def _run(args) -> int:
         Task,
         TaskCompletion,
     )
+    from labeling.services.figures import figures_refresh
     from labeling.services.metrics import agreement_refresh
     from labeling.services.project import membership_add, project_create
 
@@ -177,6 +181,10 @@ def _run(args) -> int:
     api_ms = timings[len(timings) // 2]
     print(f"agreement {body['agreement']:.3f} [{body['interval'][0]:.3f}, "
           f"{body['interval'][1]:.3f}] over {body['tasks']} tasks; API median {api_ms:.1f} ms")
+    started = time.perf_counter()
+    figures_refresh(project=project, force=True)
+    figures_s = time.perf_counter() - started
+    print(f"dashboard figures computed (periodic job): {figures_s:.2f} s")
     pages = {}
     browser = Client(HTTP_HOST="127.0.0.1")
     browser.force_login(lead)
@@ -184,8 +192,13 @@ def _run(args) -> int:
                        ("disagreements", "disagreements/"), ("csv", "annotators.csv")):
         pages[name] = _median_ms(browser, f"/projects/{project.pk}/{path}")
         print(f"{name}: median {pages[name]:.1f} ms")
+        if args.profile:
+            with CaptureQueriesContext(connection) as queries:
+                browser.get(f"/projects/{project.pk}/{path}")
+            for query in sorted(queries, key=lambda q: -float(q["time"]))[:6]:
+                print(f"  {float(query['time']) * 1000:7.1f} ms  {query['sql'][:160]}")
     print(f"tasks={args.tasks} annotations={total} recompute_s={recompute_s:.2f} "
-          f"recompute_again_s={again_s:.2f} api_ms={api_ms:.1f} "
+          f"recompute_again_s={again_s:.2f} figures_s={figures_s:.2f} api_ms={api_ms:.1f} "
           + " ".join(f"{name}_ms={ms:.1f}" for name, ms in pages.items()))
     return 0
 

@@ -22,6 +22,7 @@ from labeling.models import Annotation, Assignment, Project, ProjectAgreement, R
 from labeling.services import assignment as assignment_services
 from labeling.services import importing
 from labeling.services import project as project_services
+from labeling.services.figures import project_figures
 from labeling.services.metrics import annotator_agreements
 from labeling.services.submission import SubmissionConflict, annotation_submit
 
@@ -588,7 +589,9 @@ class StatsApi(APIView):
         "queue_depth": serializers.IntegerField(),
         "annotations_per_day_7d": serializers.FloatField(),
         "days_to_finish": serializers.FloatField(allow_null=True),
+        "computed_at": serializers.DateTimeField(),
     }))
     def get(self, request, project_id):
         membership = _membership(request, project_id, roles=selectors.DATA_ROLES)
-        return Response(selectors.project_stats(project=membership.project))
+        figures = project_figures(project=membership.project)
+        return Response(figures.stats | {"computed_at": figures.computed_at})

@@ -437,7 +437,14 @@ class TaskAgreement(models.Model):
     computed_at = models.DateTimeField(auto_now=True)
 
     class Meta:
-        indexes = [models.Index(fields=["project"])]
+        indexes = [
+            models.Index(fields=["project"]),
+            # The disagreement explorer: lowest agreement first, without sorting them all.
+            models.Index(
+                "project", models.F("pair_sum") / models.F("pair_count"), "task",
+                name="taskagreement_worst_idx", condition=Q(pair_count__gt=0),
+            ),
+        ]
 
     def __str__(self):
         return f"agreement of task {self.task_id}"
@@ -493,3 +500,25 @@ class ProjectAgreement(models.Model):
 
     def __str__(self):
         return f"agreement of {self.project}"
+
+
+class ProjectFigures(models.Model):
+    """The lead's dashboard figures as last computed (each scans the project's annotations).
+
+    Refreshed with the agreement by the periodic job when the project changed; pages and
+    the stats API read this row instead of scanning on every request.
+    """
+
+    project = models.OneToOneField(
+        Project, on_delete=models.CASCADE, primary_key=True, related_name="figures"
+    )
+    # selectors.project_stats, annotator_numbers and flag_rates, as JSON.
+    stats = models.JSONField(default=dict)
+    annotators = models.JSONField(default=dict)
+    flags = models.JSONField(default=dict)
+    # What the figures were computed from: [last annotation id, finished assignments, day].
+    watermark = models.JSONField(default=list)
+    computed_at = models.DateTimeField(auto_now=True)
+
+    def __str__(self):
+        return f"figures of {self.project}"

@@ -219,7 +219,7 @@ def project_stats(*, project, days: int = 30) -> dict:
     )
     for row in rows:
         progress.append({
-            "kind": row["kind"], "label": str(Task.Kind(row["kind"]).label),
+            "kind": row["kind"],
             "split": row["prompt__split"] or "", "total": row["total"],
             "done": row["done"], "in_progress": row["in_progress"],
             "remaining": row["total"] - row["done"] - row["in_progress"],
@@ -233,7 +233,8 @@ def project_stats(*, project, days: int = 30) -> dict:
         .values_list("day", "n")
     )
     throughput = [
-        {"day": since + timedelta(days=i), "annotations": per_day.get(since + timedelta(days=i), 0)}
+        {"day": (since + timedelta(days=i)).isoformat(),
+         "annotations": per_day.get(since + timedelta(days=i), 0)}
         for i in range(days)
     ]
     recent = Annotation.objects.filter(project=project, created_at__gte=now - timedelta(days=7))
@@ -286,16 +287,12 @@ ANNOTATOR_COLUMNS = ["username", "active", "tasks", "median_seconds", "agreement
                      "flagged_share"]
 
 
-def annotator_table(*, project, sort: str = "username") -> list[dict]:
-    """Return one row per annotator member: work done, time, agreement, gold, skips, bias.
+def annotator_numbers(*, project) -> dict[int, dict]:
+    """Return {annotator id: work done, time, agreement, gold, skips, bias, flags}.
 
-    ``sort`` is a column of ``ANNOTATOR_COLUMNS``, "-" first for descending; empty
-    values sort last either way.
+    Every figure here scans the project's annotations; the dashboard reads them as
+    stored by ``services.figures.figures_refresh``.
     """
-    members = list(
-        Membership.objects.filter(project=project, role=Role.ANNOTATOR)
-        .select_related("user").order_by("user__username")
-    )
     counts = {
         row["annotator_id"]: row
         for row in Annotation.objects.filter(project=project).values("annotator_id").annotate(
@@ -304,27 +301,20 @@ def annotator_table(*, project, sort: str = "username") -> list[dict]:
         )
     }
     medians = _median_seconds(project)
-    finished = {
-        (row["annotator_id"], row["state"]): row["n"]
-        for row in Assignment.objects.filter(
-            project=project,
-            state__in=[Assignment.State.SUBMITTED, Assignment.State.SKIPPED],
-        ).values("annotator_id", "state").annotate(n=Count("id"))
-    }
-    agreement = {row["annotator"]: row for row in annotator_agreements(project=project)}
-    table = []
-    for member in members:
-        uid = member.user_id
-        submitted = finished.get((uid, Assignment.State.SUBMITTED), 0)
-        skipped = finished.get((uid, Assignment.State.SKIPPED), 0)
+    finished: dict[int, dict] = {}
+    for row in Assignment.objects.filter(
+        project=project, state__in=[Assignment.State.SUBMITTED, Assignment.State.SKIPPED],
+    ).values("annotator_id", "state").annotate(n=Count("id")):
+        finished.setdefault(row["annotator_id"], {})[row["state"]] = row["n"]
+    agreement = {row["annotator_id"]: row for row in annotator_agreements(project=project)}
+    numbers = {}
+    for uid in set(counts) | set(finished) | set(agreement):
         row = counts.get(uid, {})
-        agree = agreement.get(member.user.username) or {}
-        table.append({
-            "membership": member,
-            "username": member.user.username,
-            "active": member.is_active,
-            "paused_reason": member.paused_reason,
-            "daily_quota": member.daily_quota,
+        done = finished.get(uid, {})
+        submitted = done.get(Assignment.State.SUBMITTED, 0)
+        skipped = done.get(Assignment.State.SKIPPED, 0)
+        agree = agreement.get(uid) or {}
+        numbers[uid] = {
             "tasks": row.get("tasks", 0),
             "median_seconds": _rounded(medians.get(uid), 1),
             "agreement": _rounded(agree.get("agreement")),
@@ -334,7 +324,40 @@ def annotator_table(*, project, sort: str = "username") -> list[dict]:
             "position_bias": _rounded(row.get("position")),
             "flagged_share": (round(row["flagged"] / row["responses"], 3)
                               if row.get("responses") else None),
-        })
+        }
+    return numbers
+
+
+_NO_NUMBERS = {"tasks": 0} | {c: None for c in ("median_seconds", "agreement",
+                                               "consensus_agreement", "gold_accuracy",
+                                               "skip_rate", "position_bias", "flagged_share")}
+
+
+def annotator_table(*, project, sort: str = "username", numbers: dict | None = None
+                    ) -> list[dict]:
+    """Return one row per annotator member: their numbers, state and quota.
+
+    ``numbers`` as ``annotator_numbers`` returns them (keys may be strings, as stored
+    in JSON); computed now when not given. ``sort`` is a column of
+    ``ANNOTATOR_COLUMNS``, "-" first for descending; empty values sort last either way.
+    """
+    if numbers is None:
+        numbers = annotator_numbers(project=project)
+    numbers = {int(uid): row for uid, row in numbers.items()}
+    members = (
+        Membership.objects.filter(project=project, role=Role.ANNOTATOR)
+        .select_related("user").order_by("user__username")
+    )
+    table = [
+        {
+            "membership": member,
+            "username": member.user.username,
+            "active": member.is_active,
+            "paused_reason": member.paused_reason,
+            "daily_quota": member.daily_quota,
+        } | numbers.get(member.user_id, _NO_NUMBERS)
+        for member in members
+    ]
     key = sort.lstrip("-")
     if key in ANNOTATOR_COLUMNS and key != "username":
         present = [r for r in table if r[key] is not None]
@@ -416,8 +439,9 @@ _FLAG_COUNTS_SQL = {
 def flag_rates(*, project) -> dict:
     """Return how often each flag was raised per prompt category, of the responses ranked.
 
-    {"flags": [(key, label)], "rows": [{"category", "label", "responses", "rates":
-    [{"flag", "count", "share"}]}], "total": {... the same over all categories}}.
+    {"flags": [key], "rows": [{"category", "responses", "rates": [{"flag", "count",
+    "share", "percent"}]}], "total": {... the same over all categories}}: plain JSON,
+    stored as it is; ``flag_labels`` adds the labels in the reader's language.
     """
     tables = {"annotation": Annotation._meta.db_table, "task": Task._meta.db_table,
               "prompt": Prompt._meta.db_table}
@@ -442,7 +466,6 @@ def flag_rates(*, project) -> dict:
                  "percent": round(100 * per.get(key, 0) / total, 1) if total else None}
                 for key in keys]
 
-    labels = dict(Category.choices)
     rows = []
     overall: dict[str, int] = {}
     for category in sorted(set(responses) | set(counts)):
@@ -450,11 +473,20 @@ def flag_rates(*, project) -> dict:
         for key, n in per.items():
             overall[key] = overall.get(key, 0) + n
         total = responses.get(category) or 0
-        rows.append({"category": category, "label": labels.get(category, category),
-                     "responses": total, "rates": rates(per, total)})
+        rows.append({"category": category, "responses": total, "rates": rates(per, total)})
     total = sum(n or 0 for n in responses.values())
     return {
-        "flags": [(key, FLAGS.get(key, key)) for key in keys],
+        "flags": keys,
         "rows": rows,
         "total": {"responses": total, "rates": rates(overall, total)},
+    }
+
+
+def flag_labels(report: dict) -> dict:
+    """Return a ``flag_rates`` report with flag and category labels for display."""
+    categories = dict(Category.choices)
+    return report | {
+        "flags": [(key, FLAGS.get(key, key)) for key in report["flags"]],
+        "rows": [row | {"label": categories.get(row["category"], row["category"])}
+                 for row in report["rows"]],
     }

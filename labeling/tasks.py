@@ -4,6 +4,7 @@ from celery import shared_task
 
 from labeling.models import Project
 from labeling.services.assignment import leases_expire
+from labeling.services.figures import figures_refresh
 from labeling.services.importing import prompt_import_run
 from labeling.services.metrics import agreement_refresh
 
@@ -24,4 +25,9 @@ def expire_leases_task() -> int:
 
 @shared_task(name="labeling.refresh_agreement", time_limit=600)
 def refresh_agreement_task() -> int:
-    return sum(agreement_refresh(project=project) for project in Project.objects.all())
+    """Refresh every project's stored agreement, then its dashboard figures if it changed."""
+    refreshed = 0
+    for project in Project.objects.all():
+        refreshed += agreement_refresh(project=project)
+        figures_refresh(project=project)
+    return refreshed

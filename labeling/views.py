@@ -41,6 +41,7 @@ from labeling.services import assignment as assignment_services
 from labeling.services import importing
 from labeling.services import project as project_services
 from labeling.services import review as review_services
+from labeling.services.figures import project_figures
 from labeling.services.submission import SubmissionConflict, annotation_submit
 
 
@@ -448,9 +449,11 @@ def dashboard(request, project_id):
         user=request.user, project_id=project_id, roles=selectors.DATA_ROLES
     )
     project = membership.project
-    stats = selectors.project_stats(project=project)
-    throughput = [(row["day"].strftime("%m-%d"), row["annotations"])
-                  for row in stats["throughput"]]
+    figures = project_figures(project=project)
+    stats = figures.stats
+    for row in stats["progress"]:
+        row["label"] = Task.Kind(row["kind"]).label
+    throughput = [(row["day"][5:], row["annotations"]) for row in stats["throughput"]]
     agreement = ProjectAgreement.objects.filter(project=project).first()
     trend = [(row["week"], round(row["agreement"], 3)) for row in
              (agreement.trend if agreement else []) if row["agreement"] is not None]
@@ -467,7 +470,9 @@ def dashboard(request, project_id):
         "tau_chart": bar_chart(taus),
         "sort": sort,
         "columns": _SORTABLE,
-        "annotators": selectors.annotator_table(project=project, sort=sort),
+        "figures": figures,
+        "annotators": selectors.annotator_table(project=project, sort=sort,
+                                                numbers=figures.annotators),
     })
 
 
@@ -486,12 +491,14 @@ def flag_report(request, project_id):
     membership = selectors.membership_get(
         user=request.user, project_id=project_id, roles=selectors.DATA_ROLES
     )
-    report = selectors.flag_rates(project=membership.project)
+    figures = project_figures(project=membership.project)
+    report = selectors.flag_labels(figures.flags)
     points = [(str(label), rate["percent"] or 0)
               for (_, label), rate in zip(report["flags"], report["total"]["rates"],
                                           strict=True)]
     return render(request, "labeling/flags.html", {
         "project": membership.project,
+        "figures": figures,
         "report": report,
         "chart": bar_chart(points),
     })
@@ -508,7 +515,8 @@ def annotators_csv(request, project_id):
     )
     writer = csv.writer(response)
     writer.writerow(selectors.ANNOTATOR_COLUMNS)
-    for row in selectors.annotator_table(project=membership.project):
+    numbers = project_figures(project=membership.project).annotators
+    for row in selectors.annotator_table(project=membership.project, numbers=numbers):
         writer.writerow(["" if row[c] is None else row[c] for c in selectors.ANNOTATOR_COLUMNS])
     return response
 

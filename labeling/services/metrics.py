@@ -113,30 +113,53 @@ def _consensus(annotations: dict) -> dict:
     return agreement.consensus_ranked_pairs([ranks for ranks, _, _ in annotations.values()])
 
 
+@lru_cache(maxsize=1 << 14)
+def _unit_coincidences(values: tuple) -> tuple:
+    """Return one unit's coincidences as ((c, k), o) pairs; ``values`` sorted (cache key)."""
+    return tuple(agreement.coincidences([values]).items())
+
+
 def _coincidences(annotations: dict, asked_flags: list) -> dict:
-    """Return the task's rank, rating and flag coincidences (Krippendorff units)."""
+    """Return the task's rank, rating and flag coincidences (Krippendorff units).
+
+    Units are cached by their sorted values (three annotators rating 1-7 give only 84
+    distinct units); a response nobody flagged adds m x (flags asked) to o(0, 0).
+    """
     ranks: dict = {}
     ratings: dict = {}
-    flags: dict = {}
+    seen: dict = {}
+    flagged: dict = {}
     for _, _, entries in annotations.values():
         for entry in entries:
             completion = entry.get("completion")
+            seen[completion] = seen.get(completion, 0) + 1
             if entry.get("rank") is not None:
                 ranks.setdefault(completion, []).append(entry["rank"])
             if entry.get("rating") is not None:
                 ratings.setdefault(completion, []).append(entry["rating"])
-            flags.setdefault(completion, []).append(entry.get("flags") or ())
-    flag_total: dict = {}
-    for flag_sets in flags.values():
-        agreement.coincidences_add(flag_total, agreement.flag_coincidences(flag_sets,
-                                                                           asked_flags))
-    return {
-        name: [[c, k, v] for (c, k), v in sorted(o.items())]
-        for name, o in (("rank", agreement.coincidences(ranks.values())),
-                        ("rating", agreement.coincidences(ratings.values())),
-                        ("flag", flag_total))
-        if o
-    }
+            if entry.get("flags"):
+                flagged.setdefault(completion, []).append(entry["flags"])
+    result = {}
+    for name, units in (("rank", ranks), ("rating", ratings)):
+        o: dict = {}
+        for values in units.values():
+            if len(values) > 1:
+                for key, value in _unit_coincidences(tuple(sorted(values))):
+                    o[key] = o.get(key, 0.0) + value
+        if o:
+            result[name] = o
+    o = {}
+    for completion, m in seen.items():
+        if m < 2:
+            continue
+        if completion in flagged:
+            flag_sets = flagged[completion] + [()] * (m - len(flagged[completion]))
+            agreement.coincidences_add(o, agreement.flag_coincidences(flag_sets, asked_flags))
+        elif asked_flags:
+            o[(0, 0)] = o.get((0, 0), 0.0) + m * len(asked_flags)
+    if o:
+        result["flag"] = o
+    return {name: [[c, k, v] for (c, k), v in sorted(o.items())] for name, o in result.items()}
 
 
 def _task_figures(annotations: dict, asked_flags: list) -> _TaskFigures:
@@ -236,8 +259,13 @@ _TASK_COLUMNS = ", ".join(_TASK_FIELDS)
 _ANNOTATOR_FIELDS = ["task_id", "annotator_id", "project_id", "agree_sum", "pair_count",
                      "consensus_agree"]
 _ANNOTATOR_COLUMNS = ", ".join(_ANNOTATOR_FIELDS)
-_TASK_UPSERT = "ON CONFLICT (task_id) DO UPDATE SET " + ", ".join(
-    f"{f} = EXCLUDED.{f}" for f in _TASK_FIELDS[2:]
+_TASK_COMPARED = _TASK_FIELDS[2:-1]  # all but the keys and computed_at
+_TASK_UPSERT = (
+    "ON CONFLICT (task_id) DO UPDATE SET "
+    + ", ".join(f"{f} = EXCLUDED.{f}" for f in _TASK_FIELDS[2:])
+    # Rows whose figures did not change are not rewritten (a full recompute mostly).
+    + " WHERE (" + ", ".join(f"{{table}}.{f}" for f in _TASK_COMPARED) + ") IS DISTINCT FROM ("
+    + ", ".join(f"EXCLUDED.{f}" for f in _TASK_COMPARED) + ")"
 )
 _ANNOTATOR_UPSERT = (
     "ON CONFLICT (task_id, annotator_id) DO UPDATE SET agree_sum = EXCLUDED.agree_sum, "
@@ -280,7 +308,8 @@ def _write(cursor, task_rows: list[tuple], annotator_rows: list[tuple]) -> None:
         return
     cursor.executemany(
         f"INSERT INTO {_table(TaskAgreement)} ({_TASK_COLUMNS}) "
-        f"VALUES ({', '.join(['%s'] * len(_TASK_FIELDS))}) {_TASK_UPSERT}",
+        f"VALUES ({', '.join(['%s'] * len(_TASK_FIELDS))}) "
+        + _TASK_UPSERT.format(table=_table(TaskAgreement)),
         task_rows,
     )
     cursor.executemany(
@@ -464,6 +493,7 @@ def annotator_agreements(*, project) -> list[dict]:
     result = [
         {
             "annotator": row["annotator__username"],
+            "annotator_id": row["annotator_id"],
             "agreement": row["agree"] / row["pairs"],
             "consensus_agreement": row["consensus"],
             "pairs": row["pairs"],

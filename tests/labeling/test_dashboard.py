@@ -3,12 +3,14 @@
 import csv
 import io
 
-from labeling.models import Membership
+from labeling.models import Membership, ProjectFigures
 from labeling.selectors import annotator_table, flag_rates
 from labeling.services.assignment import assignment_claim_next, assignment_skip
+from labeling.services.figures import figures_refresh
 from labeling.services.metrics import agreement_refresh
 from labeling.services.project import project_update
 from labeling.services.submission import annotation_submit
+from labeling.tasks import refresh_agreement_task
 
 
 def _rank(project, user):
@@ -207,3 +209,19 @@ def test_low_gold_accuracy_pauses_the_annotator_with_a_notice(project, gold_task
     client.force_login(bob)
     page = client.get(f"/projects/{project.pk}/work/").content.decode()
     assert "check tasks is 0%" in page
+
+
+def test_pages_read_stored_figures_that_the_periodic_job_refreshes(project, rank_tasks, api,
+                                                                    alice, bob):
+    _rank(project, bob)
+    first = figures_refresh(project=project)
+    first.refresh_from_db()  # as JSON: keys are strings
+    assert first.annotators[str(bob.pk)]["tasks"] == 1
+    assert figures_refresh(project=project).computed_at == first.computed_at  # unchanged
+    _rank(project, bob)
+    stats = f"/api/v1/projects/{project.pk}/stats/"
+    assert api(alice).get(stats).json()["throughput"][-1]["annotations"] == 1  # as stored
+    refresh_agreement_task()
+    assert api(alice).get(stats).json()["throughput"][-1]["annotations"] == 2
+    table = annotator_table(project=project, numbers=ProjectFigures.objects.get().annotators)
+    assert {row["username"]: row["tasks"] for row in table}["bob"] == 2
