@@ -2,7 +2,8 @@
 # The Laoshi image: web (gunicorn), the Celery workers, beat, flower and the one-shot
 # migrate service of docker-compose.yml all run it.
 #   docker build -t laoshi .
-# torch is deliberately not installed here: how the GPU image gets it is decided apart.
+# torch==2.13.0 comes from PyPI here: on linux/x86_64 that is the CUDA build, which the
+# GPU worker (NVIDIA runtime) uses and which also runs on the CPU.
 FROM python:3.11-slim
 
 ENV PYTHONDONTWRITEBYTECODE=1 \

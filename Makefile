@@ -22,6 +22,7 @@ install: $(VENV)/.installed
 demo: install
 	DJANGO_SETTINGS_MODULE=config.settings.local $(PY) manage.py migrate --noinput
 	DJANGO_SETTINGS_MODULE=config.settings.local $(PY) manage.py load_demo
+	DJANGO_SETTINGS_MODULE=config.settings.local HF_HUB_OFFLINE=1 $(PY) manage.py build_base_model
 	DJANGO_SETTINGS_MODULE=config.settings.local $(PY) manage.py rundemo --port $(PORT)
 
 test: install

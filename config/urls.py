@@ -14,5 +14,7 @@ urlpatterns = [
     path("api/schema/", SpectacularAPIView.as_view(), name="schema"),
     path("api/docs/", SpectacularSwaggerSplitView.as_view(url_name="schema"), name="api_docs"),
     path("api/v1/", include("labeling.api_urls")),
+    path("api/v1/", include("modelhub.api_urls")),
+    path("", include("modelhub.urls")),
     path("", include("labeling.urls")),
 ]

@@ -263,4 +263,6 @@ def test_the_image_is_slim_non_root_and_keeps_no_build_secret():
     for line in instructions:
         if line.startswith(("ENV ", "ARG ")):
             assert "SECRET_KEY" not in line, line
+    # torch comes with the pinned dependencies (pyproject.toml), never a floating install.
     assert "torch" not in " ".join(instructions).lower()
+    assert '"torch==2.13.0"' in (ROOT / "pyproject.toml").read_text()

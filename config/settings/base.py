@@ -1,5 +1,6 @@
 """Settings shared by every environment; the environment-specific modules extend them."""
 
+import os
 from pathlib import Path
 
 import dj_database_url
@@ -152,12 +153,18 @@ REST_FRAMEWORK = {
 }
 SPECTACULAR_SETTINGS = {
     "TITLE": "Laoshi API",
-    "DESCRIPTION": "Prompts, demonstrations and K-way rankings for RLHF.",
+    "DESCRIPTION": "Prompts, demonstrations and K-way rankings for RLHF; models, "
+                   "candidate generation and human evaluation.",
     "VERSION": "1.0.0",
     "SERVE_INCLUDE_SCHEMA": False,
     "SWAGGER_UI_DIST": "SIDECAR",
     "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
     "REDOC_DIST": "SIDECAR",
+    # Two models have a "kind": name their enums apart in the schema.
+    "ENUM_NAME_OVERRIDES": {
+        "TaskKindEnum": "labeling.models.Task.Kind",
+        "ModelKindEnum": "modelhub.models.ModelVersion.Kind",
+    },
 }
 
 # Celery: Postgres holds job state; a message only says "try job N".
@@ -182,6 +189,7 @@ CELERY_TASK_DEFAULT_EXCHANGE = "default"
 CELERY_TASK_DEFAULT_ROUTING_KEY = "default"
 CELERY_TASK_ROUTES = {
     "labeling.*": {"queue": "default"},
+    "modelhub.reconcile_jobs": {"queue": "default"},
     "modelhub.*": {"queue": "gpu"},
     "training.*": {"queue": "gpu"},
 }
@@ -191,7 +199,21 @@ CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 CELERY_BEAT_SCHEDULE = {
     "expire-leases": {"task": "labeling.expire_leases", "schedule": 60.0},
     "refresh-agreement": {"task": "labeling.refresh_agreement", "schedule": 60.0},
+    "reconcile-jobs": {"task": "modelhub.reconcile_jobs", "schedule": 30.0},
 }
+
+# Jobs (modelhub.services.jobs): a running job stamps its row every JOB_HEARTBEAT_SECONDS;
+# one silent for JOB_STALE_SECONDS is re-queued (up to its attempt cap); a queued job
+# whose message went unanswered for JOB_RESEND_SECONDS gets a new message.
+JOB_HEARTBEAT_SECONDS = float(env("LAOSHI_JOB_HEARTBEAT_SECONDS", "10"))
+JOB_STALE_SECONDS = float(env("LAOSHI_JOB_STALE_SECONDS", "120"))
+JOB_RESEND_SECONDS = float(env("LAOSHI_JOB_RESEND_SECONDS", "600"))
+# Where registered models may live (register_model refuses other paths), and where the
+# built-in base model and trained models are written.
+MODEL_ROOT = Path(env("LAOSHI_MODEL_ROOT", str(VAR_DIR / "models")))
+MODEL_REGISTRY_ROOTS = [MODEL_ROOT] + [
+    Path(p) for p in env("LAOSHI_MODEL_REGISTRY_ROOTS", "").split(os.pathsep) if p
+]
 
 LOGGING = {
     "version": 1,

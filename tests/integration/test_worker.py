@@ -1,61 +1,11 @@
 """A browser import runs on a real Celery worker process through a real Redis broker."""
 
-import os
-import subprocess
-import sys
 import time
-from pathlib import Path
 
 import pytest
 from django.core.files.uploadedfile import SimpleUploadedFile
-from django.db import connection
 
-from config.celery import app as celery_app
 from labeling.models import Prompt, PromptImport
-from tests.services import redis_reachable, redis_url, unavailable
-
-ROOT = Path(__file__).resolve().parents[2]
-
-
-@pytest.fixture
-def redis_broker():
-    if not redis_reachable():
-        unavailable(f"Redis at {redis_url()}")
-    import redis
-
-    client = redis.Redis.from_url(redis_url())
-    client.flushdb()
-    yield redis_url()
-    client.flushdb()
-
-
-@pytest.fixture
-def worker(postgres, redis_broker, settings, tmp_path):
-    """Start `celery worker` on the test database and Redis; point this process at it too."""
-    settings.MEDIA_ROOT = str(tmp_path)
-    db = connection.settings_dict
-    env = {
-        **os.environ,
-        "DJANGO_SETTINGS_MODULE": "config.settings.test",
-        "DATABASE_URL": f"postgres://{db['USER']}@{db['HOST']}:{db['PORT']}/{db['NAME']}",
-        "CELERY_BROKER_URL": redis_broker,
-        "DJANGO_MEDIA_ROOT": str(tmp_path),
-    }
-    process = subprocess.Popen(
-        [sys.executable, "-m", "celery", "-A", "config", "worker", "-Q", "default",
-         "--pool", "solo", "--loglevel", "INFO", "--without-mingle", "--without-gossip"],
-        cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-    )
-    previous = (celery_app.conf.task_always_eager, celery_app.conf.broker_url)
-    celery_app.conf.update(task_always_eager=False, broker_url=redis_broker)
-    assert not celery_app.conf.task_always_eager
-    try:
-        yield process
-    finally:
-        celery_app.conf.update(task_always_eager=previous[0], broker_url=previous[1])
-        if process.poll() is None:
-            process.kill()
-            process.communicate()
 
 
 @pytest.mark.redis
