@@ -23,8 +23,8 @@ from datetime import timedelta
 from celery import current_app
 from django.conf import settings
 from django.db import connection, transaction
-from django.db.models import F
-from django.db.models.functions import Coalesce
+from django.db.models import F, Value
+from django.db.models.functions import Coalesce, Concat
 from django.utils import timezone
 
 from modelhub.models import Job
@@ -189,7 +189,13 @@ def job_run(*, job_id: int, worker: str | None = None) -> bool:
     worker = worker or worker_name()
     job = job_claim(job_id=job_id, worker=worker)
     if job is None:
-        log.info("job %s: nothing to do (not queued)", job_id)
+        # A duplicated or late message: say so in the job's log, for whoever wonders.
+        status = Job.objects.filter(pk=job_id).values_list("status", flat=True).first()
+        log.info("job %s: nothing to do (%s)", job_id, status or "no such job")
+        if status is not None:
+            Job.objects.filter(pk=job_id).update(log=Concat(
+                F("log"), Value(f"{timezone.now():%Y-%m-%d %H:%M:%S} a message for this job "
+                                f"reached {worker} while it was {status}: nothing to do\n")))
         return False
     context = JobContext(job, worker)
     beat = None

@@ -15,7 +15,7 @@ from labeling.services.importing import prompts_import, records_from_items
 from modelhub.ml.tiny import tiny_test_model
 from modelhub.models import Job
 from modelhub.services.generation import generation_job_create
-from modelhub.services.jobs import jobs_reconcile
+from modelhub.services.jobs import job_enqueue, jobs_reconcile
 from modelhub.services.registry import model_register
 
 pytestmark = [pytest.mark.redis, pytest.mark.postgres, pytest.mark.django_db(transaction=True)]
@@ -67,9 +67,17 @@ def test_a_generation_job_runs_end_to_end_on_the_worker(start_worker, project, b
     tasks = Task.objects.filter(project=project, kind=Task.Kind.RANK)
     assert tasks.count() == 5
     assert all(TaskCompletion.objects.filter(task=t).count() == 4 for t in tasks)
+    # The same message delivered again (a redelivery): the worker takes it and does nothing
+    # (the task returns False: the job was not queued).
+    job_enqueue(job)
+    job = _wait(job.pk, lambda j: "nothing to do" in j.log, worker, seconds=30)
+    assert "nothing to do" in job.log
+    assert Job.objects.get(pk=job.pk).attempts == 1
+    assert Completion.objects.filter(generation_params__job=job.pk).count() == 20
     worker.terminate()
     output, _ = worker.communicate(timeout=20)
     assert "modelhub.run_job" in output and "succeeded" in output
+    assert ": True" in output
 
 
 def test_a_killed_worker_is_noticed_and_the_job_finishes_without_duplicates(start_worker,

@@ -115,7 +115,9 @@ def test_without_a_chat_template_a_chat_becomes_a_transcript(tiny_model, tmp_pat
     assert len(base.generate([[{"role": "user", "content": "Hi"}]], WARM)[0]) == 1
 
 
-def test_it_refuses_malformed_prompts(backend):
+def test_it_refuses_malformed_prompts(backend, tiny_model):
+    with pytest.raises(ValueError, match="batch_size"):
+        TransformersBackend(tiny_model, batch_size=0)
     with pytest.raises(ValueError, match="role, content"):
         backend.generate([[{"role": "user"}]], WARM)
     with pytest.raises(ValueError, match="list of prompts"):
