@@ -165,16 +165,20 @@ class GenerationListApi(APIView):
         return Response(GenerationOutput(generation).data, status=status.HTTP_201_CREATED)
 
 
+def _generation(request, job_id) -> GenerationJob:
+    generation = GenerationJob.objects.select_related("job").filter(job_id=job_id).first()
+    if generation is None:
+        raise NotFound
+    _membership(request, generation.project_id, roles=selectors.DATA_ROLES)
+    return generation
+
+
 class GenerationDetailApi(APIView):
     """A generation job with its progress."""
 
     @extend_schema(responses=GenerationOutput)
     def get(self, request, job_id):
-        generation = GenerationJob.objects.select_related("job").filter(job_id=job_id).first()
-        if generation is None:
-            raise NotFound
-        _membership(request, generation.project_id, roles=selectors.DATA_ROLES)
-        return Response(GenerationOutput(generation).data)
+        return Response(GenerationOutput(_generation(request, job_id)).data)
 
 
 class GenerationCancelApi(APIView):
@@ -182,10 +186,7 @@ class GenerationCancelApi(APIView):
 
     @extend_schema(request=None, responses=GenerationOutput)
     def post(self, request, job_id):
-        generation = GenerationJob.objects.select_related("job").filter(job_id=job_id).first()
-        if generation is None:
-            raise NotFound
-        _membership(request, generation.project_id, roles=selectors.DATA_ROLES)
+        generation = _generation(request, job_id)
         job_cancel(job=generation.job)
         return Response(GenerationOutput(generation).data)
 

@@ -121,6 +121,14 @@ TEXTBOOK = [
 ]
 
 
+# Units rated 1-7 by up to five coders, each missing some.
+RATED_UNITS = st.lists(
+    st.dictionaries(st.sampled_from("abcde"), st.integers(1, 7), max_size=5),
+    min_size=1, max_size=12,
+)
+LEVELS = st.sampled_from(["ordinal", "nominal", "interval"])
+
+
 def as_units(rows: list[list]) -> list[dict]:
     return [
         {f"coder{i}": row[j] for i, row in enumerate(rows) if row[j] is not None}
@@ -144,12 +152,8 @@ def test_krippendorff_alpha_is_one_for_perfect_agreement_and_none_when_undefined
 
 @FAST
 @given(
-    st.lists(
-        st.dictionaries(st.sampled_from("abcde"), st.integers(1, 7), max_size=5),
-        min_size=1,
-        max_size=12,
-    ),
-    st.sampled_from(["ordinal", "nominal", "interval"]),
+    RATED_UNITS,
+    LEVELS,
 )
 def test_krippendorff_alpha_matches_the_krippendorff_package(units, level):
     coders = "abcde"
@@ -175,13 +179,9 @@ def test_alpha_from_coincidences_on_the_textbook_example(level, expected):
 
 @FAST
 @given(
-    st.lists(
-        st.dictionaries(st.sampled_from("abcde"), st.integers(1, 7), max_size=5),
-        min_size=1,
-        max_size=12,
-    ),
+    RATED_UNITS,
     st.integers(0, 12),
-    st.sampled_from(["ordinal", "nominal", "interval"]),
+    LEVELS,
 )
 def test_coincidences_summed_over_parts_give_the_alpha_of_all_units(units, cut, level):
     # Tasks store their own coincidences; the project's alpha comes from their sum.
