@@ -40,6 +40,8 @@ from urllib.parse import urlsplit, urlunsplit
 
 import aiohttp
 
+from bench.system import system_busy_s
+
 ROOT = Path(__file__).resolve().parent.parent
 SETTINGS = "config.settings.bench"
 BENCH_DB = "laoshi_bench"
@@ -228,15 +230,6 @@ def _children(pid: int) -> list[int]:
     return found
 
 
-def _system_busy_s() -> float:
-    try:
-        values = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
-    except OSError:
-        return 0.0
-    idle = values[3] + values[4]  # idle + iowait
-    return (sum(values[:8]) - idle) / os.sysconf("SC_CLK_TCK")
-
-
 def postgres_backends(admin_url: str) -> list[int]:
     """Return the pids of the PostgreSQL backends connected to the bench database."""
     import psycopg
@@ -254,7 +247,7 @@ def cpu_snapshot(server_pid: int, database_pids) -> dict:
         "client": time.process_time(),
         "server": _proc_cpu_s(server_pid) + sum(_proc_cpu_s(c) for c in _children(server_pid)),
         "database": {pid: _proc_cpu_s(pid) for pid in database_pids()},
-        "system": _system_busy_s(),
+        "system": system_busy_s(),
     }
 
 

@@ -21,6 +21,8 @@ import sys
 import time
 from pathlib import Path
 
+from bench.system import system_busy_s
+
 # Benchmarks never download: the model is local or built here.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -90,11 +92,11 @@ def main() -> int:
     results = {"batched": [], "single": []}
     for run in range(args.repeat):
         for name, backend in (("batched", batched), ("single", single)):
-            busy, own = _system_busy_s(), time.process_time()
+            busy, own = system_busy_s(), time.process_time()
             started = time.perf_counter()
             outputs = backend.generate(prompts, settings, ignore_eos=True)
             seconds = time.perf_counter() - started
-            others = max(0.0, (_system_busy_s() - busy) - (time.process_time() - own))
+            others = max(0.0, (system_busy_s() - busy) - (time.process_time() - own))
             tokens = backend.last_tokens_generated
             results[name].append((tokens, seconds))
             print(f"run {run + 1} {name:>7}: {tokens} tokens in {seconds:6.2f} s = "
@@ -111,16 +113,6 @@ def main() -> int:
     print(f"batched_tok_s={batched_tok_s:.1f} single_tok_s={single_tok_s:.1f} "
           f"speedup={batched_tok_s / single_tok_s:.2f}")
     return 0
-
-
-def _system_busy_s() -> float:
-    """Return the CPU seconds all processes have used since boot (Linux; 0 elsewhere)."""
-    try:
-        values = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
-    except OSError:
-        return 0.0
-    idle = values[3] + values[4]  # idle + iowait
-    return (sum(values[:8]) - idle) / os.sysconf("SC_CLK_TCK")
 
 
 if __name__ == "__main__":

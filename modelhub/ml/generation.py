@@ -129,12 +129,11 @@ class TransformersBackend:
         return _transcript(messages), False
 
     def encode(self, prompt: Prompt) -> list[int]:
-        """Return the token ids of a prompt, truncated on the left to leave room to generate."""
+        """Return the token ids of a prompt as the model sees it."""
         text, templated = self.render(prompt)
         # A rendered template already holds its special tokens (a BOS, say): adding them
-        # again would double them.
-        # verbose=False: a prompt longer than the model is truncated in generate(), so the
-        # tokenizer's warning about it would be noise.
+        # again would double them. verbose=False: generate() truncates a prompt longer
+        # than the model, so the tokenizer's warning about it would be noise.
         ids = self.tokenizer(text, add_special_tokens=not templated, verbose=False)["input_ids"]
         if not ids:
             start = self.tokenizer.bos_token_id
@@ -154,8 +153,10 @@ class TransformersBackend:
         if isinstance(prompts, str | dict):
             raise ValueError("prompts must be a list of prompts")
         limit = self._prompt_limit(settings)
-        rows = [(i, j, self.encode(prompt)[-limit:] if limit else self.encode(prompt))
-                for i, prompt in enumerate(prompts) for j in range(n)]
+        encoded = [self.encode(prompt) for prompt in prompts]
+        if limit:
+            encoded = [ids[-limit:] for ids in encoded]
+        rows = [(i, j, ids) for i, ids in enumerate(encoded) for j in range(n)]
         # Rows of similar length share a batch, so little compute goes into padding.
         rows.sort(key=lambda row: len(row[2]))
         results = [[""] * n for _ in prompts]

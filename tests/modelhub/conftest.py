@@ -1,6 +1,7 @@
 """Shared fixtures for the ML core: one tiny model per session, and a clean model cache."""
 
 import os
+import shutil
 
 # Before transformers is imported: these tests never reach the Hugging Face Hub.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -10,6 +11,7 @@ import torch  # noqa: E402
 
 from modelhub.ml.loading import clear_model_cache  # noqa: E402
 from modelhub.ml.tiny import tiny_test_model  # noqa: E402
+from modelhub.services.registry import model_register  # noqa: E402
 
 
 @pytest.fixture(scope="session")
@@ -42,3 +44,20 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture
+def model_root(settings, tmp_path, tiny_model):
+    """Return a model root holding a copy of the tiny model (as "tiny"), the only one allowed."""
+    root = tmp_path / "models"
+    shutil.copytree(tiny_model, root / "tiny")
+    settings.MODEL_ROOT = root
+    settings.MODEL_REGISTRY_ROOTS = [root]
+    return root
+
+
+@pytest.fixture
+def base(project, model_root, alice):
+    """Return the tiny model registered as the project's base model."""
+    return model_register(project=project, name="tiny", kind="base",
+                          path=str(model_root / "tiny"), created_by=alice)

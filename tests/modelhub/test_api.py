@@ -12,15 +12,6 @@ from modelhub.services.jobs import job_run
 
 
 @pytest.fixture
-def model_root(settings, tmp_path, tiny_model):
-    root = tmp_path / "models"
-    shutil.copytree(tiny_model, root / "tiny")
-    settings.MODEL_ROOT = root
-    settings.MODEL_REGISTRY_ROOTS = [root]
-    return root
-
-
-@pytest.fixture
 def registered(project, model_root, api, erin):
     response = api(erin).post("/api/v1/models/", {
         "project": project.pk, "name": "tiny", "kind": "base",

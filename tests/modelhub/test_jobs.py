@@ -20,21 +20,6 @@ from modelhub.services.registry import RegistrationError, model_register
 
 
 @pytest.fixture
-def model_root(settings, tmp_path, tiny_model):
-    root = tmp_path / "models"
-    shutil.copytree(tiny_model, root / "tiny")
-    settings.MODEL_ROOT = root
-    settings.MODEL_REGISTRY_ROOTS = [root]
-    return root
-
-
-@pytest.fixture
-def base(project, model_root, alice):
-    return model_register(project=project, name="tiny", kind="base",
-                          path=str(model_root / "tiny"), created_by=alice)
-
-
-@pytest.fixture
 def prompts(project):
     items = [{"prompt": f"Write a line about the number {i}.", "user_id": f"u{i}"}
              for i in range(6)]

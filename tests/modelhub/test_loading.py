@@ -94,6 +94,28 @@ def test_the_converter_refuses_a_pickle_that_is_not_a_state_dict(copy_of):
     assert not (path / "model.safetensors").exists()
 
 
+RAN = []
+
+
+def _record_that_pickle_code_ran():
+    RAN.append(True)
+
+
+class Exploit:
+    def __reduce__(self):
+        return (_record_that_pickle_code_ran, ())
+
+
+def test_the_converter_never_runs_code_from_a_pickle(copy_of):
+    path = copy_of()
+    (path / "model.safetensors").unlink()
+    torch.save({"weight": Exploit()}, path / "pytorch_model.bin")
+
+    with pytest.raises(UnsafeCheckpoint, match="not a plain state dict"):
+        convert_pickle_checkpoint(path)
+    assert RAN == []
+
+
 def test_it_refuses_a_directory_without_weights(copy_of):
     path = copy_of()
     (path / "model.safetensors").unlink()

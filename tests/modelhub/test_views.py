@@ -24,21 +24,6 @@ HOSTILE = "<script>alert(1)</script>"
 POLLING = 'hx-trigger="every 2s"'
 
 
-@pytest.fixture
-def model_root(settings, tmp_path, tiny_model):
-    root = tmp_path / "models"
-    shutil.copytree(tiny_model, root / "tiny")
-    settings.MODEL_ROOT = root
-    settings.MODEL_REGISTRY_ROOTS = [root]
-    return root
-
-
-@pytest.fixture
-def base(project, model_root, alice):
-    return model_register(project=project, name="tiny", kind="base",
-                          path=str(model_root / "tiny"), created_by=alice)
-
-
 def _register(project, model_root, name, kind="sft", parent=None):
     return model_register(project=project, name=name, kind=kind, parent=parent,
                           path=str(model_root / "tiny"))
