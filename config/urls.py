@@ -15,6 +15,8 @@ urlpatterns = [
     path("api/docs/", SpectacularSwaggerSplitView.as_view(url_name="schema"), name="api_docs"),
     path("api/v1/", include("labeling.api_urls")),
     path("api/v1/", include("modelhub.api_urls")),
+    path("api/v1/", include("training.api_urls")),
     path("", include("modelhub.urls")),
+    path("", include("training.urls")),
     path("", include("labeling.urls")),
 ]

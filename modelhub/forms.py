@@ -6,7 +6,7 @@ from django import forms
 from django.utils.translation import gettext_lazy as _
 
 from labeling.models import Category, Split
-from modelhub.ml.generation import MAX_NEW_TOKENS
+from modelhub.ml.sampling import MAX_NEW_TOKENS
 from modelhub.models import GenerationJob, ModelVersion
 from modelhub.services.generation import MAX_PROMPTS
 

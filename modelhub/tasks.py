@@ -2,7 +2,6 @@
 
 from celery import shared_task
 
-from modelhub.services import generation  # noqa: F401  (registers the job handlers)
 from modelhub.services.jobs import job_run, jobs_reconcile
 
 

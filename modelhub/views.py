@@ -10,6 +10,7 @@ from django.contrib.auth.decorators import login_required
 from django.db.models import Q
 from django.shortcuts import get_object_or_404, redirect, render
 from django.utils.cache import patch_vary_headers
+from django.utils.http import url_has_allowed_host_and_scheme
 from django.utils.translation import gettext as _
 from django.views.decorators.http import require_POST
 
@@ -190,6 +191,11 @@ def job_cancel(request, job_id):
         messages.info(request, _("Cancel requested: the worker stops at its next check."))
     else:
         messages.warning(request, _("The job had already finished."))
+    # Pages of other apps (a dataset snapshot's) say where to come back to.
+    back = request.POST.get("next", "")
+    if back and url_has_allowed_host_and_scheme(back, allowed_hosts={request.get_host()},
+                                                 require_https=request.is_secure()):
+        return redirect(back)
     evaluation = Evaluation.objects.filter(generation__job=job).first()
     if evaluation is not None:
         return redirect(evaluation)

@@ -160,10 +160,11 @@ SPECTACULAR_SETTINGS = {
     "SWAGGER_UI_DIST": "SIDECAR",
     "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
     "REDOC_DIST": "SIDECAR",
-    # Two models have a "kind": name their enums apart in the schema.
+    # Several models have a "kind": name their enums apart in the schema.
     "ENUM_NAME_OVERRIDES": {
         "TaskKindEnum": "labeling.models.Task.Kind",
         "ModelKindEnum": "modelhub.models.ModelVersion.Kind",
+        "SnapshotKindEnum": "training.models.DatasetSnapshot.Kind",
     },
 }
 
@@ -211,6 +212,8 @@ JOB_RESEND_SECONDS = float(env("LAOSHI_JOB_RESEND_SECONDS", "600"))
 # Where registered models may live (register_model refuses other paths), and where the
 # built-in base model and trained models are written.
 MODEL_ROOT = Path(env("LAOSHI_MODEL_ROOT", str(VAR_DIR / "models")))
+# Dataset snapshots are written here, one directory each (training reads them).
+SNAPSHOT_ROOT = Path(env("LAOSHI_SNAPSHOT_ROOT", str(VAR_DIR / "snapshots")))
 MODEL_REGISTRY_ROOTS = [MODEL_ROOT] + [
     Path(p) for p in env("LAOSHI_MODEL_REGISTRY_ROOTS", "").split(os.pathsep) if p
 ]

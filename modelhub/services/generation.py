@@ -16,8 +16,7 @@ from django.db.models import Exists, F, OuterRef
 
 from labeling.models import Completion, Prompt, Task, TaskCompletion
 from labeling.services.importing import task_build
-from modelhub.ml.generation import SamplingSettings, TransformersBackend, generate_distinct
-from modelhub.ml.generation import normalise as normalised
+from modelhub.ml.sampling import SamplingSettings
 from modelhub.models import (
     Evaluation,
     EvaluationTask,
@@ -116,6 +115,10 @@ def _candidates(backends: dict, samplers: list, inputs: list, offset: int):
     ``offset`` (the chunk's first prompt position in the job) moves each chunk's seed, so
     chunks do not repeat each other's random streams.
     """
+    # torch and transformers load in the worker only, not in every web process.
+    from modelhub.ml.generation import generate_distinct
+    from modelhub.ml.generation import normalise as normalised
+
     per_prompt: list[list[tuple[str, int]]] = [[] for _ in inputs]
     for s_index, sampler in enumerate(samplers):
         settings = SamplingSettings.from_dict(
@@ -220,6 +223,8 @@ def generation_run(context: JobContext) -> None:
     total = len(generation.prompt_ids)
     if done:
         context.log(f"resuming: {len(done)} of {total} prompts already done")
+    from modelhub.ml.generation import TransformersBackend  # torch: in the worker only
+
     models = ModelVersion.objects.in_bulk({s["model"] for s in generation.samplers})
     backends = {pk: TransformersBackend(model.artifact_path) for pk, model in models.items()}
     context.progress(len(done), total)

@@ -5,7 +5,6 @@ from pathlib import Path
 from django.conf import settings
 from django.db import transaction
 
-from modelhub.ml.loading import InvalidModel, hub_download, inspect_checkpoint
 from modelhub.models import ModelVersion
 
 
@@ -29,6 +28,9 @@ def model_register(*, project, name: str, kind: str, path: str | None = None,
     server read arbitrary directories. Pickle-only checkpoints are refused: loading one
     could run code.
     """
+    # transformers (and torch) load on first registration, not in every web process.
+    from modelhub.ml.loading import InvalidModel, hub_download, inspect_checkpoint
+
     name = (name or "").strip()
     if not name:
         raise RegistrationError("a model needs a name")

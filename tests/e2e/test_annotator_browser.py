@@ -255,6 +255,8 @@ def test_drag_and_drop_orders_the_responses_and_ranks_them(page, project):
         x1, y1 = target["x"] + 10, target["y"] + target["height"] / 2
         for step in range(1, steps + 1):
             page.mouse.move(x0 + (x1 - x0) * step / steps, y0 + (y1 - y0) * step / steps)
+            page.wait_for_timeout(15)  # a busy machine: let Sortable see every move
+        page.wait_for_timeout(200)  # and finish its swap animation before the drop
         page.mouse.up()
 
     drag(3, 0)  # D to the top
