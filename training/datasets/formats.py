@@ -28,6 +28,7 @@ through tokenizing and drop them before batching (``remove_unused_columns``), an
 collators ignore them when that is off; a name TRL reads itself is refused.
 """
 
+import functools
 import hashlib
 import math
 from collections import Counter
@@ -115,14 +116,27 @@ def pairs_from_ranking(
     """
     _check_choice(policy, PAIR_POLICIES, "policy")
     _check_ranks(ranks)
-    level = {rank: i for i, rank in enumerate(sorted(set(ranks.values())))}
+    ids = sorted(ranks, key=_id_key)
+    # The pairs depend only on the rank pattern (75 of them for K=4): computed once per
+    # pattern as positions in id order, then mapped to this ranking's ids.
+    positions = _pattern_pairs(tuple(ranks[c] for c in ids), policy)
+    return [Pair(ids[b], ids[w], _rating_margin(ratings, ids[b], ids[w]) if margin else None)
+            for b, w in positions]
+
+
+@functools.lru_cache(maxsize=4096)
+def _pattern_pairs(pattern: tuple[int, ...], policy: str) -> tuple[tuple[int, int], ...]:
+    """Return (better, worse) positions of a rank pattern, in the order of pairs_from_ranking."""
+    ranks = dict(enumerate(pattern))
+    level = {rank: i for i, rank in enumerate(sorted(set(pattern)))}
     pairs = [
         (better, worse)
         for better, worse in pairwise_preferences(ranks)
         if policy == "all" or level[ranks[worse]] == level[ranks[better]] + 1
     ]
-    pairs.sort(key=lambda p: (ranks[p[0]], _id_key(p[0]), ranks[p[1]], _id_key(p[1])))
-    return [Pair(b, w, _rating_margin(ratings, b, w) if margin else None) for b, w in pairs]
+    # Positions follow id order, so sorting by position sorts by id.
+    pairs.sort(key=lambda p: (ranks[p[0]], p[0], ranks[p[1]], p[1]))
+    return tuple(pairs)
 
 
 def consensus_ranking(rankings: Mapping[Hashable, Ranks]) -> dict[Hashable, int]:

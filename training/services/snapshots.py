@@ -169,17 +169,22 @@ def _ranked(snapshot: DatasetSnapshot) -> Iterator[tuple[int, list[tuple]]]:
     # The ranking as text, decoded here with orjson: Django's JSONField decoding (the
     # standard json module) was the largest cost of reading a million annotations.
     annotations = annotations.annotate(ranking_text=Cast("ranking", TextField()))
-    rows = _stream(annotations.order_by("task_id", "annotator_id"),
-                   ["task_id", "annotator_id", "ranking_text"])
+    # Task order only (the task index serves it without sorting every annotation); each
+    # task's few annotations are put in annotator order here.
+    rows = _stream(annotations.order_by("task_id"), ["task_id", "annotator_id", "ranking_text"])
     current, group = None, []
     for task_id, annotator_id, ranking in rows:
         if task_id != current:
             if group:
-                yield current, group
+                yield current, sorted(group, key=_first)
             current, group = task_id, []
         group.append((annotator_id, orjson.loads(ranking)))
     if group:
-        yield current, group
+        yield current, sorted(group, key=_first)
+
+
+def _first(item):
+    return item[0]
 
 
 def _batches(items: Iterator, size: int) -> Iterator[list]:
@@ -351,14 +356,20 @@ class _Builder:
                             if self.flags & set(e.get("flags") or ())}
         texts = {cid: body for cid, body in responses if cid not in dropped}
         rankings, ratings, flags = {}, {}, {}
+        # Ratings feed margins and the rankings format; flags only the rankings format.
+        keep_ratings = self.snapshot.margin or self.snapshot.kind == DatasetSnapshot.Kind.RANKINGS
+        keep_flags = self.snapshot.kind == DatasetSnapshot.Kind.RANKINGS
         for annotator, ranking in annotations:
             entries = [e for e in ranking if e["completion"] in texts]
             ranks = ranks_of(entries)
             if len(set(ranks.values())) < 2:
                 continue  # nothing to learn from a ranking that ties everything left
             rankings[annotator] = ranks
-            ratings[annotator] = {e["completion"]: e.get("rating") for e in entries}
-            flags[annotator] = {e["completion"]: list(e.get("flags") or ()) for e in entries}
+            if keep_ratings:
+                ratings[annotator] = {e["completion"]: e.get("rating") for e in entries}
+            if keep_flags:
+                flags[annotator] = {e["completion"]: list(e.get("flags") or ())
+                                    for e in entries}
         if not rankings:
             return
         snapshot = self.snapshot
