@@ -11,6 +11,9 @@ from labeling.services.project import membership_add, project_create
 from tests.factories import UserFactory
 from tests.services import unavailable
 
+# The tiny model and one torch thread per test, for the folders that use models.
+pytest_plugins = ["tests.ml"]
+
 PASSWORD = "correct-horse-battery"
 
 

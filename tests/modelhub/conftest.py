@@ -1,29 +1,11 @@
 """Shared fixtures for the ML core: one tiny model per session, and a clean model cache."""
 
-import os
 import shutil
 
-# Before transformers is imported: these tests never reach the Hugging Face Hub.
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
+import pytest
 
-import pytest  # noqa: E402
-import torch  # noqa: E402
-
-from modelhub.ml.loading import clear_model_cache  # noqa: E402
-from modelhub.ml.tiny import tiny_test_model  # noqa: E402
-from modelhub.services.registry import model_register  # noqa: E402
-
-
-@pytest.fixture(scope="session")
-def tiny_model(tmp_path_factory):
-    """Return the directory of a 2-layer, 64-wide model built once for the session."""
-    # One thread, like the tests (below): the weights depend on the thread count.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        return tiny_test_model(tmp_path_factory.mktemp("models") / "tiny", seed=0)
-    finally:
-        torch.set_num_threads(threads)
+from modelhub.ml.loading import clear_model_cache
+from modelhub.services.registry import model_register
 
 
 @pytest.fixture(autouse=True)
@@ -32,18 +14,6 @@ def fresh_model_cache():
     clear_model_cache()
     yield
     clear_model_cache()
-
-
-@pytest.fixture(autouse=True)
-def one_torch_thread():
-    """Run each test on one torch thread, then restore the count."""
-    # A 64-wide model is all tiny operations: a second thread gains nothing, and when
-    # another process holds a core, threads spinning at every operation's barrier made
-    # a 0.1-second test take 10 seconds or more.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture

@@ -135,14 +135,14 @@ TRAINING_CASES = [
 
 
 @pytest.mark.parametrize(("suffix", "conversational", "remove_unused_columns"), TRAINING_CASES)
-def test_sft_trainer_trains_on_the_completions(tmp_path, tiny_model_dir, suffix,
+def test_sft_trainer_trains_on_the_completions(tmp_path, tiny_model, suffix,
                                                conversational, remove_unused_columns):
     dataset = load(write(tmp_path / f"sft{suffix}", sft_rows(conversational)), tmp_path)
     trainer = SFTTrainer(
-        model=AutoModelForCausalLM.from_pretrained(tiny_model_dir),
+        model=AutoModelForCausalLM.from_pretrained(tiny_model),
         args=SFTConfig(max_length=128, **common_args(tmp_path, remove_unused_columns)),
         train_dataset=dataset,
-        processing_class=AutoTokenizer.from_pretrained(tiny_model_dir),
+        processing_class=AutoTokenizer.from_pretrained(tiny_model),
     )
     trainer.train()
     assert trainer.state.global_step == 2
@@ -153,12 +153,12 @@ def test_sft_trainer_trains_on_the_completions(tmp_path, tiny_model_dir, suffix,
 
 
 @pytest.mark.parametrize(("suffix", "conversational", "remove_unused_columns"), TRAINING_CASES)
-def test_reward_trainer_trains_on_the_pairs_with_margins(tmp_path, tiny_model_dir, suffix,
+def test_reward_trainer_trains_on_the_pairs_with_margins(tmp_path, tiny_model, suffix,
                                                          conversational, remove_unused_columns):
     dataset = load(write(tmp_path / f"pairs{suffix}", preference_rows(conversational)),
                    tmp_path)
-    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
-    model = AutoModelForSequenceClassification.from_pretrained(tiny_model_dir, num_labels=1)
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model)
+    model = AutoModelForSequenceClassification.from_pretrained(tiny_model, num_labels=1)
     model.config.pad_token_id = tokenizer.pad_token_id
     before = model.score.weight.detach().clone()
     trainer = RewardTrainer(

@@ -1,4 +1,4 @@
-"""Shared fixtures for dataset exports: one tiny model per session, one torch thread."""
+"""Fixtures for tests that use torch models (imported by the ML test folders' conftests)."""
 
 import os
 
@@ -13,8 +13,9 @@ from modelhub.ml.tiny import tiny_test_model  # noqa: E402
 
 
 @pytest.fixture(scope="session")
-def tiny_model_dir(tmp_path_factory):
+def tiny_model(tmp_path_factory):
     """Return the directory of a 2-layer, 64-wide model (with a chat template) built once."""
+    # One thread, like the tests (below): the weights depend on the thread count.
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
@@ -26,8 +27,9 @@ def tiny_model_dir(tmp_path_factory):
 @pytest.fixture(autouse=True)
 def one_torch_thread():
     """Run each test on one torch thread, then restore the count."""
-    # A 64-wide model is all tiny operations: more threads only spin at barriers when
-    # another process holds a core (see tests/modelhub/conftest.py).
+    # A 64-wide model is all tiny operations: a second thread gains nothing, and when
+    # another process holds a core, threads spinning at every operation's barrier made
+    # a 0.1-second test take 10 seconds or more.
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     yield
