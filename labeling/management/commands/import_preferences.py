@@ -9,6 +9,7 @@ import gzip
 from django.contrib.auth import get_user_model
 from django.core.management.base import BaseCommand, CommandError
 
+from labeling.management.reporting import report_bad_lines
 from labeling.models import Project
 from labeling.services.preference_import import FORMATS, preferences_import_file
 
@@ -64,15 +65,7 @@ class Command(BaseCommand):
             raise CommandError(str(exc)) from exc
         except (OSError, EOFError) as exc:  # e.g. a truncated or not-gzip .gz file
             raise CommandError(f"cannot read {path}: {exc}") from exc
-        for error in report.errors:
-            self.stderr.write(f"line {error['line']}: {error['message']}")
-        if report.bad_lines > len(report.errors):
-            self.stderr.write(f"... and {report.bad_lines - len(report.errors)} more bad lines")
-        if not report.imported:
-            raise CommandError(
-                f"{report.bad_lines} bad line(s) out of {report.lines}: nothing was imported "
-                "(fix them, or pass --skip-bad-lines)"
-            )
+        report_bad_lines(self, report)
         summary = (
             f"{report.preferences} preferences imported: {report.added} prompts, "
             f"{report.completions} responses, {report.tasks_created} rank tasks; "

@@ -2,6 +2,7 @@
 
 from django.core.management.base import BaseCommand, CommandError
 
+from labeling.management.reporting import report_bad_lines
 from labeling.models import Project
 from labeling.services.importing import prompts_import_file
 
@@ -38,15 +39,7 @@ class Command(BaseCommand):
                 create_demonstrate_tasks=not options["no_demonstrate_tasks"],
                 source=options["source"],
             )
-        for error in report.errors:
-            self.stderr.write(f"line {error['line']}: {error['message']}")
-        if report.bad_lines > len(report.errors):
-            self.stderr.write(f"... and {report.bad_lines - len(report.errors)} more bad lines")
-        if not report.imported:
-            raise CommandError(
-                f"{report.bad_lines} bad line(s) out of {report.lines}: nothing was imported "
-                "(fix them, or pass --skip-bad-lines)"
-            )
+        report_bad_lines(self, report)
         self.stdout.write(
             self.style.SUCCESS(
                 f"{report.added} added, {report.duplicates} duplicates, {report.capped} over "
