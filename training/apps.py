@@ -6,5 +6,5 @@ class TrainingConfig(AppConfig):
     default_auto_field = "django.db.models.BigAutoField"
 
     def ready(self):
-        # Registers the snapshot builder with modelhub's job mechanism.
-        from training.services import snapshots  # noqa: F401
+        # Registers the snapshot builder and the run supervisor with modelhub's jobs.
+        from training.services import runs, snapshots  # noqa: F401

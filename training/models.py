@@ -74,3 +74,50 @@ class DatasetSnapshot(models.Model):
     @property
     def is_built(self) -> bool:
         return bool(self.content_hash)
+
+
+class TrainingRun(models.Model):
+    """One training step of the loop (SFT, reward model or PPO) run as a supervised job.
+
+    The job's worker starts a child process (``python -m training.run <id>``) that trains,
+    checkpoints, writes its progress and metrics here and registers the model it made.
+    """
+
+    class Kind(models.TextChoices):
+        SFT = "sft", _("Supervised fine-tuning (SFT)")
+        REWARD = "reward", _("Reward model")
+        PPO = "ppo", _("PPO")
+
+    project = models.ForeignKey(Project, on_delete=models.CASCADE, related_name="runs")
+    job = models.OneToOneField(Job, on_delete=models.PROTECT, related_name="training_run")
+    kind = models.CharField(_("kind"), max_length=10, choices=Kind.choices)
+    snapshot = models.ForeignKey(DatasetSnapshot, on_delete=models.PROTECT,
+                                 related_name="runs")
+    parent = models.ForeignKey("modelhub.ModelVersion", on_delete=models.PROTECT,
+                               related_name="training_runs")
+    # The validated config of the kind (training.sft_config / reward_config), as JSON.
+    config = models.JSONField(default=dict)
+    seed = models.PositiveIntegerField(default=0)
+    # [{"step": n, "loss": x, "eval_loss": y, ...}] as the trainer logged them.
+    metrics = models.JSONField(default=list, blank=True)
+    step = models.PositiveIntegerField(default=0)
+    max_steps = models.PositiveIntegerField(default=0)
+    output_dir = models.CharField(max_length=500, blank=True)
+    last_checkpoint = models.CharField(max_length=500, blank=True)
+    # What repeats the run: snapshot hash, library versions, the exact command.
+    provenance = models.JSONField(default=dict, blank=True)
+    output_model = models.OneToOneField(
+        "modelhub.ModelVersion", null=True, blank=True, on_delete=models.SET_NULL,
+        related_name="made_by_run",
+    )
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL,
+        related_name="+",
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["-id"]
+
+    def __str__(self):
+        return f"{self.kind} run {self.pk}"

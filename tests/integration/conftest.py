@@ -35,8 +35,7 @@ def start_worker(postgres, redis_broker, settings, tmp_path):
     """
     settings.MEDIA_ROOT = str(tmp_path)
     db = connection.settings_dict
-    env = {
-        **os.environ,
+    fixed = {
         "DJANGO_SETTINGS_MODULE": "config.settings.test",
         "DATABASE_URL": f"postgres://{db['USER']}@{db['HOST']}:{db['PORT']}/{db['NAME']}",
         "CELERY_BROKER_URL": redis_broker,
@@ -51,7 +50,9 @@ def start_worker(postgres, redis_broker, settings, tmp_path):
             [sys.executable, "-m", "celery", "-A", "config", "worker", "-Q", queues,
              "--pool", "solo", "--loglevel", "INFO", "--without-mingle", "--without-gossip",
              "--hostname", f"{name}@%h"],
-            cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+            # The environment as it is when the worker starts (a test may have set more).
+            cwd=ROOT, env={**os.environ, **fixed}, stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT, text=True,
         )
         processes.append(process)
         return process

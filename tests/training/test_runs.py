@@ -1,0 +1,130 @@
+"""Training runs: a worker supervises a child process that trains, checkpoints, registers.
+
+These start real child processes (`python -m training.run`), which read the run from
+the test database: PostgreSQL, with the rows committed (transactional tests).
+"""
+
+import os
+import threading
+import time
+
+import pytest
+from django.db import connection
+
+from modelhub.models import Job, ModelVersion
+from modelhub.services.jobs import job_cancel, job_run
+from modelhub.services.registry import model_register
+from tests.training.helpers import demonstration_snapshot
+from training.models import TrainingRun
+from training.services.runs import RunError, run_create
+
+pytestmark = [pytest.mark.postgres, pytest.mark.django_db(transaction=True)]
+
+
+@pytest.fixture
+def child_env(postgres, monkeypatch, settings, tmp_path, tiny_model):
+    """Point the child processes at the test database and a model root of their own."""
+    db = connection.settings_dict
+    monkeypatch.setenv("DATABASE_URL",
+                       f"postgres://{db['USER']}@{db['HOST']}:{db['PORT']}/{db['NAME']}")
+    monkeypatch.setenv("DJANGO_SETTINGS_MODULE", "config.settings.test")
+    monkeypatch.setenv("LAOSHI_MODEL_ROOT", str(tmp_path / "models"))
+    monkeypatch.setenv("LAOSHI_SNAPSHOT_ROOT", str(tmp_path / "snapshots"))
+    settings.MODEL_ROOT = tmp_path / "models"
+    settings.MODEL_REGISTRY_ROOTS = [tmp_path / "models"]
+    settings.SNAPSHOT_ROOT = tmp_path / "snapshots"
+    return tmp_path
+
+
+@pytest.fixture
+def sft_inputs(child_env, project, bob, tiny_model):
+    import shutil
+
+    shutil.copytree(tiny_model, child_env / "models" / "base")
+    base = model_register(project=project, name="base", kind="base",
+                          path=str(child_env / "models" / "base"))
+    snapshot = demonstration_snapshot(project, bob, 12)
+    return base, snapshot
+
+
+CONFIG = {"max_steps": 6, "learning_rate": 3e-3, "per_device_train_batch_size": 4,
+          "logging_steps": 1, "save_steps": 2, "warmup_ratio": 0.0}
+
+
+def test_an_sft_run_trains_in_a_child_process_and_registers_its_model(project, sft_inputs):
+    base, snapshot = sft_inputs
+    run = run_create(project=project, kind="sft", snapshot=snapshot, parent=base,
+                     config=CONFIG)
+    assert job_run(job_id=run.job_id, worker="w")
+    run.refresh_from_db()
+    assert run.job.status == Job.Status.SUCCEEDED, run.job.error
+    assert run.step == 6 and run.max_steps == 6
+    losses = [m["loss"] for m in run.metrics if "loss" in m]
+    assert len(losses) >= 5 and losses[-1] < losses[0]
+    model = run.output_model
+    assert model.kind == "sft" and model.parent_id == base.pk
+    assert model.training_run_ref == run.pk and model.snapshot_ref == snapshot.pk
+    assert [m.pk for m in model.lineage()] == [base.pk, model.pk]
+    assert run.provenance["snapshot"] == snapshot.content_hash
+    assert "transformers" in run.provenance["versions"]
+
+
+def test_a_crash_in_the_child_fails_the_run_and_the_worker_lives_on(project, sft_inputs):
+    base, snapshot = sft_inputs
+    run = run_create(project=project, kind="sft", snapshot=snapshot, parent=base,
+                     config=CONFIG)
+    ModelVersion.objects.filter(pk=base.pk).update(artifact_path="/nonexistent/model")
+    assert job_run(job_id=run.job_id, worker="w")  # returns: the worker is fine
+    job = Job.objects.get(pk=run.job_id)
+    assert job.status == Job.Status.FAILED
+    assert "training process failed" in job.error and "nonexistent" in job.error
+
+
+def test_cancel_terminates_the_child(project, sft_inputs):
+    base, snapshot = sft_inputs
+    run = run_create(project=project, kind="sft", snapshot=snapshot, parent=base,
+                     config=CONFIG | {"max_steps": 400, "save_steps": 1000})
+    worker = threading.Thread(target=lambda: (job_run(job_id=run.job_id, worker="w"),
+                                              connection.close()))
+    worker.start()
+    deadline = time.monotonic() + 120
+    while TrainingRun.objects.get(pk=run.pk).step < 2 and time.monotonic() < deadline:
+        time.sleep(0.2)
+    job_cancel(job=Job.objects.get(pk=run.job_id))
+    worker.join(60)
+    assert not worker.is_alive()
+    job = Job.objects.get(pk=run.job_id)
+    assert job.status == Job.Status.CANCELLED
+    assert TrainingRun.objects.get(pk=run.pk).step < 400
+
+
+def test_a_run_resumes_from_its_last_complete_checkpoint(project, sft_inputs):
+    base, snapshot = sft_inputs
+    run = run_create(project=project, kind="sft", snapshot=snapshot, parent=base,
+                     config=CONFIG)
+    # A first attempt that got to step 4 and died: its checkpoint is what remains.
+    first = run_create(project=project, kind="sft", snapshot=snapshot, parent=base,
+                       config=CONFIG | {"max_steps": 4})
+    job_run(job_id=first.job_id, worker="w")
+    first.refresh_from_db()
+    checkpoints = os.path.join(first.output_dir, "checkpoints")
+    os.makedirs(os.path.join(run.output_dir, "checkpoints"))
+    os.rename(os.path.join(checkpoints, "checkpoint-4"),
+              os.path.join(run.output_dir, "checkpoints", "checkpoint-4"))
+    # A half-written later checkpoint (no trainer_state.json) must be ignored.
+    os.makedirs(os.path.join(run.output_dir, "checkpoints", "checkpoint-5"))
+    assert job_run(job_id=run.job_id, worker="w")
+    run.refresh_from_db()
+    assert run.job.status == Job.Status.SUCCEEDED, run.job.error
+    assert run.last_checkpoint.endswith("checkpoint-6") and run.step == 6
+    steps = [m["step"] for m in run.metrics if "loss" in m]
+    assert min(steps) == 5 and max(steps) == 6  # continued from 4, not from 0
+
+
+def test_runs_check_their_inputs(project, sft_inputs):
+    base, snapshot = sft_inputs
+    with pytest.raises(RunError, match="reads a rankings snapshot"):
+        run_create(project=project, kind="reward", snapshot=snapshot, parent=base)
+    with pytest.raises(RunError, match="invalid sft config"):
+        run_create(project=project, kind="sft", snapshot=snapshot, parent=base,
+                   config={"learning_rate": -1})

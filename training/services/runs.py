@@ -1,0 +1,123 @@
+"""Training runs: created with a validated config, run by a worker in a child process.
+
+The job handler (gpu queue) starts ``python -m training.run <id>`` and supervises it: it
+polls the child, relays a cancel by terminating it, and turns a crash (an exception, an
+out-of-memory kill) into a failed run with the tail of the child's log, while the
+worker itself lives on. The child trains with the kind's trainer, writes progress and
+metrics to the run, checkpoints as it goes and, on a later attempt (the reconciler
+re-queues the job of a worker that died), resumes from the last complete checkpoint.
+"""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from django.conf import settings
+from django.db import transaction
+
+from modelhub.models import Job, ModelVersion
+from modelhub.services.jobs import JobContext, job_create, job_handler
+from training.models import DatasetSnapshot, TrainingRun
+
+POLL_SECONDS = 1.0
+TERMINATE_GRACE_SECONDS = 10.0
+LOG_TAIL = 4000
+
+# Which snapshot kind each run kind reads.
+SNAPSHOT_KIND = {
+    TrainingRun.Kind.SFT: DatasetSnapshot.Kind.SFT,
+    TrainingRun.Kind.REWARD: DatasetSnapshot.Kind.RANKINGS,
+    TrainingRun.Kind.PPO: DatasetSnapshot.Kind.PROMPTS,
+}
+
+
+class RunError(ValueError):
+    """A training run that cannot be created as asked."""
+
+
+def run_create(*, project, kind: str, snapshot: DatasetSnapshot, parent: ModelVersion,
+               config: dict | None = None, seed: int = 0, created_by=None) -> TrainingRun:
+    """Validate a run against its inputs and queue it on the gpu queue."""
+    if kind not in SNAPSHOT_KIND:
+        raise RunError(f"kind must be one of {', '.join(SNAPSHOT_KIND)}")
+    if snapshot.project_id != project.pk or parent.project_id != project.pk:
+        raise RunError("the snapshot and the model must belong to this project")
+    if snapshot.kind != SNAPSHOT_KIND[kind]:
+        raise RunError(f"a {kind} run reads a {SNAPSHOT_KIND[kind]} snapshot, "
+                       f"not {snapshot.kind}")
+    if not snapshot.is_built:
+        raise RunError("the snapshot is not built yet")
+    config = dict(config or {})
+    validate_config(kind, config)
+    with transaction.atomic():
+        job = job_create(project=project, kind=Job.Kind.TRAINING, queue="gpu",
+                         created_by=created_by)
+        run = TrainingRun.objects.create(
+            project=project, job=job, kind=kind, snapshot=snapshot, parent=parent,
+            config=config, seed=seed, created_by=created_by,
+            output_dir=str(Path(settings.MODEL_ROOT) / "runs" / f"{kind}-{job.pk}"),
+        )
+    return run
+
+
+def validate_config(kind: str, config: dict) -> None:
+    """Raise RunError unless the config builds the kind's config dataclass."""
+    from training.run import config_for  # the trainers' configs; no torch at import
+
+    try:
+        config_for(kind, config, model_path="model", output_dir="out")
+    except (TypeError, ValueError) as error:
+        raise RunError(f"invalid {kind} config: {error}") from None
+
+
+def _tail(path: Path) -> str:
+    try:
+        with path.open("rb") as handle:
+            handle.seek(0, os.SEEK_END)
+            handle.seek(max(0, handle.tell() - LOG_TAIL))
+            return handle.read().decode("utf-8", "replace")
+    except OSError:
+        return ""
+
+
+def _stop(child: subprocess.Popen) -> None:
+    """Terminate the child (SIGTERM, then SIGKILL after a grace period)."""
+    if child.poll() is not None:
+        return
+    child.send_signal(signal.SIGTERM)
+    try:
+        child.wait(TERMINATE_GRACE_SECONDS)
+    except subprocess.TimeoutExpired:
+        child.kill()
+        child.wait()
+
+
+@job_handler(Job.Kind.TRAINING)
+def training_run(context: JobContext) -> None:
+    """Start the run's child process and supervise it until it ends."""
+    run = TrainingRun.objects.get(job=context.job)
+    out = Path(run.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    log_path = out / "train.log"
+    command = [sys.executable, "-m", "training.run", str(run.pk), "--worker", context.worker]
+    context.log(f"starting {' '.join(command)}")
+    with log_path.open("ab") as log:
+        child = subprocess.Popen(command, cwd=settings.BASE_DIR, stdout=log,
+                                 stderr=subprocess.STDOUT, env=os.environ.copy())
+        try:
+            while child.poll() is None:
+                time.sleep(POLL_SECONDS)
+                context.check()  # raises on cancel (or a lost lease): the child stops
+        except BaseException:
+            _stop(child)
+            raise
+    if child.returncode != 0:
+        reason = (f"killed by signal {-child.returncode}" if child.returncode < 0
+                  else f"exit status {child.returncode}")
+        raise RuntimeError(f"the training process failed ({reason}):\n{_tail(log_path)}")
+    run.refresh_from_db()
+    if run.output_model_id is None:
+        raise RuntimeError("the training process ended without registering its model")
