@@ -8,10 +8,14 @@ count + N(0, sigma^2), sigma set so that two annotators agree on about 73% of th
 trainers start from the same tiny GPT-2 (2 layers, 64 wide, built offline) with a new
 scalar head, and see the same prompts for the same epochs with the same optimizer,
 learning rate, schedule, seed and max_length. TRL gets the rankings expanded to all
-C(K, 2) pairs (explicit prompt/chosen/rejected rows) and, per optimizer step, as many
-pairs as the K-way trainer's prompts hold (``prompts x C(K, 2)``), so both take the same
-number of steps over the same comparisons. Held-out accuracy: share of the held-out
-prompts' pairs that the trained model orders as the TRUE counts do.
+C(K, 2) pairs (explicit prompt/chosen/rejected rows) and, per optimizer step, the
+comparisons the K-way trainer's prompts hold (prompts x C(K, 2) pairs), so both take
+the same optimizer steps over the same comparisons. TRL's step runs as K-1 micro-batches
+(gradients accumulated) of prompts x K / 2 pairs, prompts x K sequences: the K-way
+trainer's batch size in sequences, so that neither side runs batches of a size the other
+does not (``--trl-one-batch``: the whole step in one batch, slower still on a CPU).
+Held-out accuracy: the share of the held-out prompts' pairs that the trained model
+orders as the TRUE counts do, averaged over ``--seeds`` draws of data and initial head.
 
     .venv/bin/python -m bench.reward_speed
     .venv/bin/python -m bench.reward_speed --train-prompts 400 --epochs 3 --ks 4,9
@@ -162,10 +166,15 @@ def run_trl(model_dir: Path, out: Path, rows: list[dict], k: int, args,
     from trl import RewardConfig, RewardTrainer
 
     pairs = pair_rows(rows)
+    # The same comparisons per optimizer step as the K-way trainer's prompts hold, in
+    # micro-batches of as many sequences as the K-way trainer's batch has (prompts x K),
+    # gradients accumulated: neither side gets a batch that spills out of the CPU caches.
+    per_step = args.prompts_per_step * math.comb(k, 2)
+    accumulation = 1 if args.trl_one_batch else k - 1
     config = RewardConfig(
         output_dir=str(out), max_length=args.max_length,
-        # The same comparisons per optimizer step as the K-way trainer's prompts hold.
-        per_device_train_batch_size=args.prompts_per_step * math.comb(k, 2),
+        per_device_train_batch_size=per_step // accumulation,
+        gradient_accumulation_steps=accumulation,
         learning_rate=args.lr, lr_scheduler_type="linear", num_train_epochs=args.epochs,
         warmup_steps=0, weight_decay=0.0, max_grad_norm=1.0, seed=seed, data_seed=seed,
         bf16=False, gradient_checkpointing=False, logging_steps=10_000, save_strategy="no",
@@ -229,9 +238,14 @@ def main() -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--seeds", type=int, default=3,
                         help="data draws and initialisations per K; accuracies are averaged")
+    parser.add_argument("--trl-one-batch", action="store_true",
+                        help="give TRL each step's pairs in one batch, not in K-1 micro-batches")
     parser.add_argument("--threads", type=int, default=1,
                         help="torch threads (1: see the README on timing a shared machine)")
     args = parser.parse_args()
+    if args.prompts_per_step % 2:
+        parser.error("--prompts-per-step must be even (TRL's micro-batches hold prompts x K / 2 "
+                     "pairs)")
 
     torch.set_num_threads(args.threads)
     warnings.filterwarnings("ignore")

@@ -12,9 +12,11 @@ rate of 9e-6. Its batch of 64 prompts is ``per_device_prompts`` x accumulation x
 
 import math
 from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
 from typing import Any, get_args
 
 RANKINGS = ("consensus", "per_annotator")
+CHECKPOINTS_DIR = "checkpoints"
 SCHEDULERS = ("linear", "cosine", "constant", "constant_with_warmup")
 
 
@@ -61,8 +63,8 @@ class RewardConfig:
 
     # Training
     output_dir: str = field(metadata=_help(
-        "Where checkpoints (checkpoint-<step>/) and the final model (the directory itself) "
-        "are written."))
+        "Where the final model is written (the directory itself); resumable checkpoints "
+        f"go to its '{CHECKPOINTS_DIR}' folder."))
     per_device_prompts: int = field(default=8, metadata=_help(
         "Prompts per batch on each device. One prompt brings all its K ranked responses, "
         "so a batch runs sum(K) sequences through the model."))
@@ -137,6 +139,11 @@ class RewardConfig:
         """Return the config as JSON-ready values (what a checkpoint records)."""
         return asdict(self)
 
+    @property
+    def checkpoint_dir(self) -> Path:
+        """Return the folder the run's resumable checkpoints are saved in."""
+        return Path(self.output_dir) / CHECKPOINTS_DIR
+
     def use_bf16(self) -> bool:
         """Return whether training runs in bf16: the setting, or the device's support."""
         if self.bf16 is not None:
@@ -156,7 +163,7 @@ class RewardConfig:
 
         periodic = evaluate and self.eval_steps is not None
         kwargs = dict(
-            output_dir=self.output_dir,
+            output_dir=str(self.checkpoint_dir),
             per_device_train_batch_size=self.per_device_prompts,
             per_device_eval_batch_size=self.per_device_prompts,
             gradient_accumulation_steps=self.gradient_accumulation_steps,
@@ -190,6 +197,9 @@ class RewardConfig:
             report_to="none",
             disable_tqdm=True,
         )
+        if kwargs["bf16"] and not torch.accelerator.is_available():
+            # transformers takes bf16 without a GPU only when told to stay on the CPU.
+            kwargs["use_cpu"] = True
         kwargs.update(overrides)
         return TrainingArguments(**kwargs)
 

@@ -5,7 +5,10 @@ No Django import. One batch element is one prompt with all its K ranked response
 C(K, 2) comparisons are formed from the K scalar rewards by
 ``training.losses.kway_reward_loss``. TRL's RewardTrainer, fed the same rankings as
 pairs, runs 2 x C(K, 2) sequences per prompt instead of K (3x as many at K=4, 8x at
-K=9); ``bench/reward_speed.py`` measures the difference.
+K=9); ``bench/reward_speed.py`` measures the difference. On one process the tokens the
+K sequences of a prompt share (the prompt) run once too, and each response continues
+from their key/value cache (``RankingCollator(share_prompt=True)``): the rewards are the
+same as running every sequence in full, for less compute.
 
     from training.reward_config import RewardConfig
     from training.reward_trainer import train_reward
@@ -20,9 +23,12 @@ accuracy), ``score_responses`` (the reward of (prompt, response) pairs, encoded 
 as in training: what PPO and the bias use).
 
 The final model (the output directory itself) is a normal ``save_pretrained`` directory
-(safetensors, tokenizer) that AutoModelForSequenceClassification loads; its config
-carries ``laoshi_reward_bias``, the reward to subtract before RL so that the
-demonstrations score 0 on average (see ``training.losses.reward_bias``).
+(safetensors, tokenizer) that AutoModelForSequenceClassification loads, with
+``laoshi_training.json`` (config, step, best metric, metrics, versions) written last;
+resumable checkpoints, each with the run's ``laoshi_reward_config.json``, are in its
+``checkpoints`` folder. The model's config carries ``laoshi_reward_bias``, the reward to
+subtract before RL so that the demonstrations score 0 on average (see
+``training.losses.reward_bias``).
 """
 
 import logging
@@ -36,6 +42,7 @@ from typing import Any
 
 import orjson
 import torch
+import transformers
 from transformers import (
     AutoModelForSequenceClassification,
     AutoTokenizer,
@@ -47,6 +54,7 @@ from transformers import (
     set_seed,
 )
 
+from modelhub.ml.tiny import TRAINING_RECORD
 from training.datasets.formats import is_chat
 from training.losses import kway_reward_loss, pair_matrix, reward_bias
 from training.reward_config import RewardConfig
@@ -55,7 +63,6 @@ logger = logging.getLogger(__name__)
 
 Prompt = str | list[dict[str, str]]
 CONFIG_FILE = "laoshi_reward_config.json"
-RECORD_FILE = "laoshi_reward.json"
 BIAS_KEY = "laoshi_reward_bias"
 
 
@@ -622,30 +629,40 @@ def shared_prompt_matches(model: PreTrainedModel, collator: RankingCollator,
 
 # -- Entry point ----------------------------------------------------------------------------
 
-def _save_final(trainer: KWayRewardTrainer, output_dir: Path, record: dict) -> None:
-    """Write the final model into output_dir: every file replaced whole, the record last."""
-    main = trainer.is_world_process_zero()
-    tmp = output_dir / ".final-tmp"
-    if main:
-        output_dir.mkdir(parents=True, exist_ok=True)
-        shutil.rmtree(tmp, ignore_errors=True)  # left by an attempt that died while saving
-        (output_dir / RECORD_FILE).unlink(missing_ok=True)
-    trainer.accelerator.wait_for_everyone()
-    # Every process calls save_model (FSDP and DeepSpeed gather the weights); only the
-    # main one writes.
-    trainer.save_model(str(tmp))
-    if main:
-        # A file renamed into place is never seen half written; the record, renamed last,
-        # says that the directory holds a complete model.
-        for path in tmp.iterdir():
-            target = output_dir / path.name
-            if target.is_dir():
-                shutil.rmtree(target)
-            os.replace(path, target)
-        (tmp / RECORD_FILE).write_bytes(orjson.dumps(record, option=orjson.OPT_INDENT_2))
-        os.replace(tmp / RECORD_FILE, output_dir / RECORD_FILE)
-        tmp.rmdir()
-    trainer.accelerator.wait_for_everyone()
+def save_reward_model(trainer: KWayRewardTrainer, config: RewardConfig,
+                      metrics: Mapping[str, Any]) -> Path:
+    """Save the trained model, its tokenizer and the training record into output_dir.
+
+    Every file is written aside and renamed into place, so none is ever seen half
+    written; the record (``laoshi_training.json``), renamed last, says the directory
+    holds a complete model.
+    """
+    out = Path(config.output_dir)
+    if not trainer.is_world_process_zero():
+        return out
+    out.mkdir(parents=True, exist_ok=True)
+    (out / TRAINING_RECORD).unlink(missing_ok=True)
+    tmp = out / ".final-tmp"
+    shutil.rmtree(tmp, ignore_errors=True)  # left by an attempt that died while saving
+    # save_pretrained rather than trainer.save_model, which also pickles the training
+    # arguments (training_args.bin) into the model folder.
+    trainer.accelerator.unwrap_model(trainer.model).save_pretrained(tmp)
+    trainer.processing_class.save_pretrained(tmp)
+    for path in tmp.iterdir():
+        os.replace(path, out / path.name)
+    record = {
+        "kind": "reward",
+        "base_model": config.model_path,
+        "config": config.to_dict(),
+        "step": trainer.state.global_step,
+        "best_metric": trainer.state.best_metric,
+        "metrics": dict(metrics),
+        "versions": {"torch": torch.__version__, "transformers": transformers.__version__},
+    }
+    (tmp / TRAINING_RECORD).write_bytes(orjson.dumps(record, option=orjson.OPT_INDENT_2))
+    os.replace(tmp / TRAINING_RECORD, out / TRAINING_RECORD)
+    tmp.rmdir()
+    return out
 
 
 def train_reward(
@@ -663,7 +680,7 @@ def train_reward(
     ``train_rows``/``eval_rows``: rankings JSONL paths or rows. ``demonstrations``:
     (prompt, response) pairs or SFT rows whose mean reward becomes the bias (default: the
     best-ranked training responses, see ``bias_pairs``). ``resume_from_checkpoint``: a
-    checkpoint directory, or True for the newest under output_dir. ``model_init`` is
+    checkpoint directory, or True for the newest in ``config.checkpoint_dir``. ``model_init`` is
     called on the loaded model before training (tests use it to watch the forward pass).
 
     Metrics: ``train_loss``, ``train_runtime``, ``global_step``, the final held-out
@@ -714,7 +731,11 @@ def train_reward(
     metrics["num_train_elements"] = len(train_elements)
     metrics["shared_prompt"] = collator.share_prompt
     if eval_elements:
-        metrics.update(trainer.evaluate())
+        # Trainer evaluates after the last step itself when evaluating every N steps.
+        final = [e for e in trainer.state.log_history
+                 if "eval_accuracy" in e and e.get("step") == trainer.state.global_step]
+        metrics.update({k: v for k, v in final[-1].items() if k.startswith("eval_")}
+                       if final else trainer.evaluate())
         metrics["num_eval_elements"] = len(eval_elements)
 
     pairs, source = bias_pairs(train_elements, demonstrations,
@@ -726,13 +747,7 @@ def train_reward(
                                  f"{BIAS_KEY}_count": len(pairs)})
     metrics.update(reward_bias=bias, reward_bias_source=source, reward_bias_count=len(pairs))
 
-    output_dir = Path(config.output_dir)
-    metrics["model_dir"] = str(output_dir)
-    record = {
-        "config": config.to_dict(),
-        "step": trainer.state.global_step,
-        "best_metric": trainer.state.best_metric,
-        "metrics": metrics,
-    }
-    _save_final(trainer, output_dir, record)
+    metrics["model_dir"] = str(config.output_dir)
+    save_reward_model(trainer, config, metrics)
+    trainer.accelerator.wait_for_everyone()
     return metrics

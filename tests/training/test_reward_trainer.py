@@ -17,13 +17,13 @@ from transformers import (
     TrainerCallback,
 )
 
+from modelhub.ml.tiny import TRAINING_RECORD
 from training.datasets.formats import rankings_row
 from training.losses import pair_matrix
 from training.reward_config import RewardConfig
 from training.reward_trainer import (
     BIAS_KEY,
     CONFIG_FILE,
-    RECORD_FILE,
     RankedElement,
     RankingCollator,
     _rewards,
@@ -140,11 +140,14 @@ def test_it_saves_a_loadable_reward_model_with_its_bias(trained):
     pairs, _ = bias_pairs(elements, None, limit=cfg.bias_max_responses, seed=cfg.seed)
     scores = score_responses(model, tokenizer, pairs, max_length=cfg.max_length)
     assert scores.mean().item() == pytest.approx(metrics["reward_bias"], abs=1e-4)
-    record = json.loads((Path(cfg.output_dir) / RECORD_FILE).read_text())
+    # A model folder, not a checkpoint: no pickled training arguments, no optimizer.
+    assert not (Path(cfg.output_dir) / "training_args.bin").exists()
+    record = json.loads((Path(cfg.output_dir) / TRAINING_RECORD).read_text())
+    assert record["kind"] == "reward" and record["base_model"] == cfg.model_path
     assert record["step"] == 21 and record["config"] == cfg.to_dict()
     assert record["best_metric"] == max(e["eval_accuracy"] for e in logs if "eval_accuracy" in e)
     # Checkpoints describe themselves: the run's config next to the trainer's state.
-    checkpoint = Path(cfg.output_dir) / "checkpoint-12"
+    checkpoint = cfg.checkpoint_dir / "checkpoint-12"
     assert json.loads((checkpoint / CONFIG_FILE).read_text()) == cfg.to_dict()
     assert (checkpoint / "trainer_state.json").exists()
 
@@ -187,7 +190,7 @@ def test_it_resumes_from_a_checkpoint(tiny_model, tmp_path):
     train = rows(32, seed=6)
     first = train_reward(config(tiny_model, tmp_path, max_steps=4, save_steps=2), train)
     assert first["global_step"] == 4
-    assert (tmp_path / "rm" / "checkpoint-4" / "trainer_state.json").exists()
+    assert (tmp_path / "rm" / "checkpoints" / "checkpoint-4" / "trainer_state.json").exists()
     again = train_reward(config(tiny_model, tmp_path, max_steps=6, save_steps=2), train,
                          resume_from_checkpoint=True)
     assert again["global_step"] == 6
