@@ -5,18 +5,26 @@ the test database: PostgreSQL, with the rows committed (transactional tests).
 """
 
 import os
+import shutil
 import threading
 import time
 
 import pytest
 from django.db import connection
 
+from labeling.models import Prompt
+from labeling.services.assignment import assignment_claim_next
+from labeling.services.importing import prompts_import, records_from_items
+from labeling.services.project import project_update
+from labeling.services.submission import annotation_submit
 from modelhub.models import Job, ModelVersion
 from modelhub.services.jobs import job_cancel, job_run
 from modelhub.services.registry import model_register
+from tests.conftest import rank_items
 from tests.training.helpers import demonstration_snapshot
 from training.models import TrainingRun
 from training.services.runs import RunError, run_create
+from training.services.snapshots import snapshot_create
 
 pytestmark = [pytest.mark.postgres, pytest.mark.django_db(transaction=True)]
 
@@ -38,8 +46,6 @@ def child_env(postgres, monkeypatch, settings, tmp_path, tiny_model):
 
 @pytest.fixture
 def sft_inputs(child_env, project, bob, tiny_model):
-    import shutil
-
     shutil.copytree(tiny_model, child_env / "models" / "base")
     base = model_register(project=project, name="base", kind="base",
                           path=str(child_env / "models" / "base"))
@@ -128,3 +134,30 @@ def test_runs_check_their_inputs(project, sft_inputs):
     with pytest.raises(RunError, match="invalid sft config"):
         run_create(project=project, kind="sft", snapshot=snapshot, parent=base,
                    config={"learning_rate": -1})
+
+
+def test_a_reward_run_trains_on_a_rankings_snapshot_and_registers_a_reward_model(
+        project, child_env, tiny_model, bob, dana):
+    shutil.copytree(tiny_model, child_env / "models" / "sft")
+    sft = model_register(project=project, name="sft", kind="sft",
+                         path=str(child_env / "models" / "sft"))
+    project_update(project=project, overlap=1)
+    prompts_import(project=project, records=records_from_items(rank_items(6)))
+    for _ in range(6):
+        a = assignment_claim_next(project=project, annotator=bob)
+        annotation_submit(assignment=a, data={"ranking": [
+            {"completion": c, "rank": i + 1, "rating": 7 - i}
+            for i, c in enumerate(sorted(a.display_order))]})
+    Prompt.objects.filter(project=project).update(split="train")
+    snapshot = snapshot_create(project=project, kind="rankings")
+    job_run(job_id=snapshot.job_id, worker="w")
+    snapshot.refresh_from_db()
+    run = run_create(project=project, kind="reward", snapshot=snapshot, parent=sft, config={
+        "max_steps": 4, "per_device_prompts": 2, "learning_rate": 1e-3, "logging_steps": 1,
+        "save_steps": 2, "max_length": 64})
+    assert job_run(job_id=run.job_id, worker="w")
+    run.refresh_from_db()
+    assert run.job.status == Job.Status.SUCCEEDED, run.job.error
+    model = run.output_model
+    assert model.kind == "reward" and model.parent_id == sft.pk and run.step == 4
+    assert any("loss" in m for m in run.metrics)
