@@ -27,7 +27,8 @@ from labeling.services.metrics import annotator_agreements
 from labeling.services.submission import SubmissionConflict, annotation_submit
 
 
-def _membership(request, project_id, roles=None):
+def api_membership(request, project_id, roles=None):
+    """Return the caller's membership (selectors.membership_get) with DRF's 404 and 403."""
     try:
         return selectors.membership_get(user=request.user, project_id=project_id, roles=roles)
     except Http404:
@@ -143,13 +144,13 @@ class ProjectListApi(APIView):
 class ProjectDetailApi(APIView):
     @extend_schema(responses=ProjectOutput)
     def get(self, request, project_id):
-        membership = _membership(request, project_id)
+        membership = api_membership(request, project_id)
         context = {"roles": {membership.project_id: membership.role}}
         return Response(ProjectOutput(membership.project, context=context).data)
 
     @extend_schema(request=ProjectInput(partial=True), responses=ProjectOutput)
     def patch(self, request, project_id):
-        membership = _membership(request, project_id, roles=selectors.LEAD_ROLES)
+        membership = api_membership(request, project_id, roles=selectors.LEAD_ROLES)
         data = ProjectInput(data=request.data, partial=True)
         data.is_valid(raise_exception=True)
         try:
@@ -177,7 +178,7 @@ class MemberOutput(serializers.Serializer):
 class MemberAddApi(APIView):
     @extend_schema(request=MemberInput, responses={201: MemberOutput, 200: MemberOutput})
     def post(self, request, project_id):
-        membership = _membership(request, project_id, roles=selectors.LEAD_ROLES)
+        membership = api_membership(request, project_id, roles=selectors.LEAD_ROLES)
         data = MemberInput(data=request.data)
         data.is_valid(raise_exception=True)
         try:
@@ -241,7 +242,7 @@ class PromptImportApi(APIView):
         responses={200: ImportOutput, 400: ImportOutput},
     )
     def post(self, request, project_id):
-        membership = _membership(request, project_id, roles=selectors.LEAD_ROLES)
+        membership = api_membership(request, project_id, roles=selectors.LEAD_ROLES)
         options = {
             "skip_bad_lines": _as_bool(request.data.get("skip_bad_lines")),
             "create_demonstrate_tasks": _as_bool(
@@ -324,7 +325,7 @@ class NextTaskApi(APIView):
 
     @extend_schema(request=NextInput, responses={200: NextOutput, 204: None})
     def post(self, request, project_id):
-        membership = _membership(request, project_id)
+        membership = api_membership(request, project_id)
         refusal = assignment_services.work_refusal(membership=membership)
         if refusal:
             raise PermissionDenied(refusal)
@@ -459,7 +460,7 @@ class AnnotationListApi(ListAPIView):
         return super().get(request, *args, **kwargs)
 
     def get_queryset(self):
-        membership = _membership(self.request, self.kwargs["project_id"],
+        membership = api_membership(self.request, self.kwargs["project_id"],
                                  roles=selectors.DATA_ROLES)
         params = self.request.query_params
         kind = params.get("kind")
@@ -497,7 +498,7 @@ class TaskGoldApi(APIView):
         task = Task.objects.filter(pk=task_id).first()
         if task is None:
             raise NotFound
-        _membership(request, task.project_id, roles=selectors.LEAD_ROLES)
+        api_membership(request, task.project_id, roles=selectors.LEAD_ROLES)
         data = GoldInput(data=request.data)
         data.is_valid(raise_exception=True)
         try:
@@ -537,7 +538,7 @@ class AgreementApi(APIView):
         )
     )
     def get(self, request, project_id):
-        membership = _membership(request, project_id, roles=selectors.DATA_ROLES)
+        membership = api_membership(request, project_id, roles=selectors.DATA_ROLES)
         project = membership.project
         stored = ProjectAgreement.objects.filter(project=project).first()
         interval = None
@@ -592,6 +593,6 @@ class StatsApi(APIView):
         "computed_at": serializers.DateTimeField(),
     }))
     def get(self, request, project_id):
-        membership = _membership(request, project_id, roles=selectors.DATA_ROLES)
+        membership = api_membership(request, project_id, roles=selectors.DATA_ROLES)
         figures = project_figures(project=membership.project)
         return Response(figures.stats | {"computed_at": figures.computed_at})

@@ -16,7 +16,7 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from labeling import selectors
-from labeling.api import _membership
+from labeling.api import api_membership
 from modelhub.models import Evaluation, GenerationJob, ModelVersion
 from modelhub.services.evaluation import evaluation_create, win_rate
 from modelhub.services.generation import GenerationError, generation_job_create
@@ -41,7 +41,7 @@ def _get(model, request, pk, **related):
     obj = model.objects.select_related(*related.get("select", [])).filter(pk=pk).first()
     if obj is None:
         raise NotFound
-    _membership(request, obj.project_id, roles=selectors.DATA_ROLES)
+    api_membership(request, obj.project_id, roles=selectors.DATA_ROLES)
     return obj
 
 
@@ -86,7 +86,7 @@ class ModelListApi(APIView):
         data = ModelInput(data=request.data)
         data.is_valid(raise_exception=True)
         values = data.validated_data
-        project = _membership(request, values["project"], roles=selectors.DATA_ROLES).project
+        project = api_membership(request, values["project"], roles=selectors.DATA_ROLES).project
         parent = None
         if values.get("parent"):
             parent = ModelVersion.objects.filter(project=project, pk=values["parent"]).first()
@@ -153,7 +153,7 @@ class GenerationListApi(APIView):
         data = GenerationInput(data=request.data)
         data.is_valid(raise_exception=True)
         values = data.validated_data
-        project = _membership(request, values["project"], roles=selectors.DATA_ROLES).project
+        project = api_membership(request, values["project"], roles=selectors.DATA_ROLES).project
         try:
             generation = generation_job_create(
                 project=project, samplers=values["samplers"],
@@ -169,7 +169,7 @@ def _generation(request, job_id) -> GenerationJob:
     generation = GenerationJob.objects.select_related("job").filter(job_id=job_id).first()
     if generation is None:
         raise NotFound
-    _membership(request, generation.project_id, roles=selectors.DATA_ROLES)
+    api_membership(request, generation.project_id, roles=selectors.DATA_ROLES)
     return generation
 
 
@@ -241,8 +241,9 @@ class EvaluationListApi(APIView):
         data = EvaluationInput(data=request.data)
         data.is_valid(raise_exception=True)
         values = data.validated_data
-        project = _membership(request, values["project"], roles=selectors.DATA_ROLES).project
-        models = ModelVersion.objects.in_bulk([values["model_a"], values["model_b"]])
+        project = api_membership(request, values["project"], roles=selectors.DATA_ROLES).project
+        models = ModelVersion.objects.filter(project=project).in_bulk(
+            [values["model_a"], values["model_b"]])
         if values["model_a"] not in models or values["model_b"] not in models:
             raise ValidationError({"non_field_errors": ["no such model"]})
         try:

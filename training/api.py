@@ -9,7 +9,7 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from labeling import selectors
-from labeling.api import _membership
+from labeling.api import api_membership
 from training.models import DatasetSnapshot
 from training.services.snapshots import SnapshotError, snapshot_create, snapshot_file
 
@@ -46,7 +46,7 @@ def _snapshot(request, snapshot_id) -> DatasetSnapshot:
     snapshot = DatasetSnapshot.objects.select_related("job").filter(pk=snapshot_id).first()
     if snapshot is None:
         raise NotFound
-    _membership(request, snapshot.project_id, roles=selectors.DATA_ROLES)
+    api_membership(request, snapshot.project_id, roles=selectors.DATA_ROLES)
     return snapshot
 
 
@@ -55,13 +55,13 @@ class SnapshotListApi(APIView):
 
     @extend_schema(responses=SnapshotOutput(many=True))
     def get(self, request, project_id):
-        project = _membership(request, project_id, roles=selectors.DATA_ROLES).project
+        project = api_membership(request, project_id, roles=selectors.DATA_ROLES).project
         snapshots = DatasetSnapshot.objects.filter(project=project).select_related("job")
         return Response(SnapshotOutput(snapshots, many=True).data)
 
     @extend_schema(request=SnapshotInput, responses={201: SnapshotOutput})
     def post(self, request, project_id):
-        project = _membership(request, project_id, roles=selectors.DATA_ROLES).project
+        project = api_membership(request, project_id, roles=selectors.DATA_ROLES).project
         data = SnapshotInput(data=request.data)
         data.is_valid(raise_exception=True)
         try:

@@ -1,6 +1,6 @@
 """python -m training.run <run id>: train one run in this process (the worker starts it).
 
-    python -m training.run 12 --worker gpu-node-1:4242
+    python -m training.run 12 --worker gpu-node-1:4242   (the job's lease owner)
 
 Reads the run's snapshot files and parent model, trains with the kind's trainer,
 checkpoints under the run's output directory (a later attempt resumes from the last
@@ -15,7 +15,9 @@ import os
 import sys
 from pathlib import Path
 
-TRAINERS = {"sft": "training.sft", "reward": "training.reward_trainer"}
+# kind -> (module, function) of the trainer; imported in the child only (torch).
+TRAINERS = {"sft": ("training.sft", "train_sft"),
+            "reward": ("training.reward_trainer", "train_reward")}
 MODEL_KIND = {"sft": "sft", "reward": "reward", "ppo": "policy"}
 _LIBRARIES = ["torch", "transformers", "trl", "accelerate", "datasets", "Django"]
 
@@ -53,7 +55,8 @@ def _versions() -> dict:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("run", type=int)
-    parser.add_argument("--worker", default="")
+    parser.add_argument("--worker", required=True,
+                        help="the lease owner of the run's job (the supervising worker)")
     args = parser.parse_args(argv)
     os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings.local")
     os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")  # TRL reports trainer creation
@@ -61,14 +64,14 @@ def main(argv=None) -> int:
     import django
 
     django.setup()
-    from django.db.models import F
     from transformers import TrainerCallback
 
-    from modelhub.models import Job
+    from modelhub.services.jobs import JobCancelled, JobContext, JobLost
     from modelhub.services.registry import model_register
     from training.models import TrainingRun
 
-    run = TrainingRun.objects.select_related("snapshot", "parent", "project").get(pk=args.run)
+    run = TrainingRun.objects.select_related("snapshot", "parent", "project", "job").get(
+        pk=args.run)
     out = Path(run.output_dir)
     files = run.snapshot.files
     data = Path(run.snapshot.directory)
@@ -84,50 +87,53 @@ def main(argv=None) -> int:
                     "command": f"python -m training.run {run.pk}", "config": run.config})
 
     parent = os.getppid()
+    context = JobContext(run.job, args.worker)
+    # The metrics series, kept here and written whole (read once: a resumed attempt goes on).
+    series = {m["step"]: m for m in run.metrics}
 
     class Progress(TrainerCallback):
         """Write the trainer's steps and logs to the run (and the job's progress bar)."""
 
         def on_step_end(self, arguments, state, control, **kwargs):
-            # Stop at once if the worker that started this process died (this process
-            # was orphaned) or lost the job to another attempt: two trainers must never
-            # write the same run.
-            held = Job.objects.filter(pk=run.job_id, status=Job.Status.RUNNING,
-                                      lease_owner=args.worker).update(
-                progress=state.global_step, total=state.max_steps)
-            if os.getppid() != parent or (args.worker and not held):
+            # The job's progress, through the job mechanism's own lease check: stop at once
+            # if the worker that started this process died (this process was orphaned),
+            # lost the job to another attempt, or the run was cancelled. Two trainers must
+            # never write the same run.
+            try:
+                context.progress(state.global_step, state.max_steps)
+            except (JobLost, JobCancelled):
+                gone = True
+            else:
+                gone = os.getppid() != parent
+            if gone:
                 print("training.run: the supervising worker is gone; stopping", flush=True)
                 os._exit(3)
             TrainingRun.objects.filter(pk=run.pk).update(step=state.global_step,
                                                          max_steps=state.max_steps)
 
         def on_log(self, arguments, state, control, logs=None, **kwargs):
-            entry = {"step": state.global_step, **{k: v for k, v in (logs or {}).items()
-                                                   if isinstance(v, int | float)}}
-            fresh = TrainingRun.objects.get(pk=run.pk)
             # One entry per step: the logs of one step (loss, then eval, then the summary)
             # merge, and a resumed attempt's repeat of a step replaces the old values.
-            series = [m for m in fresh.metrics if m.get("step") != entry["step"]]
-            same = [m for m in fresh.metrics if m.get("step") == entry["step"]]
-            merged = {k: v for m in same for k, v in m.items()} | entry
-            series.append(merged)
-            series.sort(key=lambda m: m["step"])
-            TrainingRun.objects.filter(pk=run.pk).update(metrics=series)
+            entry = {k: v for k, v in (logs or {}).items() if isinstance(v, int | float)}
+            series.setdefault(state.global_step, {"step": state.global_step}).update(entry)
+            TrainingRun.objects.filter(pk=run.pk).update(
+                metrics=[series[step] for step in sorted(series)])
 
         def on_save(self, arguments, state, control, **kwargs):
             TrainingRun.objects.filter(pk=run.pk).update(
                 last_checkpoint=str(out / "checkpoints" / f"checkpoint-{state.global_step}"))
 
-    trainer = importlib.import_module(TRAINERS[run.kind])
-    train_function = trainer.train_sft if run.kind == "sft" else trainer.train_reward
+    module, function = TRAINERS[run.kind]
+    train_function = getattr(importlib.import_module(module), function)
     metrics = train_function(config, train, valid, callbacks=[Progress()],
                              resume_from_checkpoint=str(resume) if resume else None)
-    model = model_register(
-        project=run.project, name=f"{run.kind}-run-{run.pk}", kind=MODEL_KIND[run.kind],
-        path=str(out), parent=run.parent, training_run_ref=run.pk,
-        snapshot_ref=run.snapshot_id,
-        metrics={k: v for k, v in metrics.items() if isinstance(v, int | float)})
-    TrainingRun.objects.filter(pk=run.pk).update(output_model=model, step=F("step"))
+    with context.fenced():  # only while this attempt still holds the job
+        model = model_register(
+            project=run.project, name=f"{run.kind}-run-{run.pk}", kind=MODEL_KIND[run.kind],
+            path=str(out), parent=run.parent, training_run_ref=run.pk,
+            snapshot_ref=run.snapshot_id,
+            metrics={k: v for k, v in metrics.items() if isinstance(v, int | float)})
+        TrainingRun.objects.filter(pk=run.pk).update(output_model=model)
     return 0
 
 

@@ -128,10 +128,11 @@ def _candidates(backends: dict, samplers: list, inputs: list, offset: int):
                                    sampler["count"])
         for i, texts in enumerate(result.candidates):
             per_prompt[i] += [(_clean(text), s_index) for text in texts]
-    # Two samplers may still agree with each other: resample the later copy.
+    # Two samplers may still agree with each other: resample the later copy, up to three
+    # times; a prompt counts as not distinct if repeats remain after the last try.
     leftover = 0
     for i, candidates in enumerate(per_prompt):
-        for attempt in range(1, 4):
+        for attempt in range(1, 5):
             seen, repeats = set(), []
             for j, (text, _) in enumerate(candidates):
                 key = normalised(text)
@@ -139,6 +140,9 @@ def _candidates(backends: dict, samplers: list, inputs: list, offset: int):
                     repeats.append(j)
                 seen.add(key)
             if not repeats:
+                break
+            if attempt == 4:
+                leftover += 1
                 break
             for j in repeats:
                 s_index = candidates[j][1]
@@ -151,8 +155,6 @@ def _candidates(backends: dict, samplers: list, inputs: list, offset: int):
                     continue
                 (text,), = backends[sampler["model"]].generate([inputs[i]], settings, n=1)
                 candidates[j] = (_clean(text), s_index)
-        else:
-            leftover += 1
     return per_prompt, leftover
 
 

@@ -119,9 +119,10 @@ class JobContext:
 
     def log(self, message: str) -> None:
         """Append a line to the job's log."""
+        # Appended in the database (other writers, like the reconciler and a duplicated
+        # message's note, append too), and only while this worker holds the job.
         line = f"{timezone.now():%Y-%m-%d %H:%M:%S} {message}\n"
-        self.job.log += line
-        Job.objects.filter(pk=self.job.pk).update(log=self.job.log[-20_000:])
+        self._mine().update(log=Concat(F("log"), Value(line)))
 
     @contextmanager
     def fenced(self) -> Iterator[None]:

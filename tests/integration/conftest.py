@@ -14,6 +14,14 @@ from tests.services import redis_reachable, redis_url, unavailable
 ROOT = Path(__file__).resolve().parents[2]
 
 
+def _forget_connections() -> None:
+    """Drop the app's broker connections, so the next message uses the broker set now."""
+    if celery_app._pool is not None:
+        celery_app._pool.force_close_all()
+        celery_app._pool = None
+    celery_app.amqp._producer_pool = None
+
+
 @pytest.fixture
 def redis_broker():
     if not redis_reachable():
@@ -59,11 +67,13 @@ def start_worker(postgres, redis_broker, settings, tmp_path):
 
     previous = (celery_app.conf.task_always_eager, celery_app.conf.broker_url)
     celery_app.conf.update(task_always_eager=False, broker_url=redis_broker)
+    _forget_connections()  # an earlier test may have sent through the memory broker
     assert not celery_app.conf.task_always_eager
     try:
         yield start
     finally:
         celery_app.conf.update(task_always_eager=previous[0], broker_url=previous[1])
+        _forget_connections()
         for process in processes:
             if process.poll() is None:
                 process.kill()

@@ -298,6 +298,16 @@ def test_position_bias():
     assert position_bias([]) is None
 
 
+@FAST
+@given(st.lists(st.tuples(st.integers(0, 8), st.integers(1, 9)), min_size=2, max_size=9))
+def test_position_bias_matches_scipy(pairs):
+    positions, ranks = [p for p, _ in pairs], [r for _, r in pairs]
+    if len(set(positions)) < 2 or len(set(ranks)) < 2:
+        assert position_bias(pairs) is None
+    else:
+        assert position_bias(pairs) == pytest.approx(stats.spearmanr(positions, ranks).statistic)
+
+
 def noisy_tasks(n: int, seed: int) -> list[dict]:
     """Return n tasks of two annotators; the second swaps one adjacent pair 30% of the time."""
     rng = random.Random(seed)

@@ -38,7 +38,7 @@ from typing import Any, Literal, NamedTuple
 
 import orjson
 
-from labeling.agreement import consensus_ranked_pairs
+from labeling.agreement import consensus_ranked_pairs, id_key
 from labeling.ranking import pairwise_preferences
 
 Ranks = Mapping[Hashable, int]
@@ -68,11 +68,6 @@ class Pair(NamedTuple):
     chosen: Hashable
     rejected: Hashable
     margin: float | None = None
-
-
-def _id_key(value: Hashable) -> tuple[str, Any]:
-    # Orders ints among ints and strs among strs; mixing both still gives a fixed order.
-    return type(value).__name__, value
 
 
 def _check_choice(value: str, choices: tuple[str, ...], name: str) -> None:
@@ -116,7 +111,7 @@ def pairs_from_ranking(
     """
     _check_choice(policy, PAIR_POLICIES, "policy")
     _check_ranks(ranks)
-    ids = sorted(ranks, key=_id_key)
+    ids = sorted(ranks, key=id_key)
     # The pairs depend only on the rank pattern (75 of them for K=4): computed once per
     # pattern as positions in id order, then mapped to this ranking's ids.
     positions = _pattern_pairs(tuple(ranks[c] for c in ids), policy)
@@ -143,7 +138,7 @@ def consensus_ranking(rankings: Mapping[Hashable, Ranks]) -> dict[Hashable, int]
     """Return the ranked-pairs consensus of a task's rankings as dense ranks (1 = best)."""
     for ranks in rankings.values():
         _check_ranks(ranks)
-    return consensus_ranked_pairs([rankings[a] for a in sorted(rankings, key=_id_key)])
+    return consensus_ranked_pairs([rankings[a] for a in sorted(rankings, key=id_key)])
 
 
 def _mean_ratings(all_ratings: Sequence[Ratings]) -> dict[Hashable, float]:
@@ -176,7 +171,7 @@ def task_pairs(
     _check_choice(merge, MERGES, "merge")
     _check_choice(policy, PAIR_POLICIES, "policy")
     ratings = ratings or {}
-    annotators = sorted(rankings, key=_id_key)
+    annotators = sorted(rankings, key=id_key)
     if merge == "per_annotator":
         return [
             (annotator, pair)
@@ -200,7 +195,7 @@ def _majority_pairs(
     for ranks in rankings:
         votes.update(pairwise_preferences(ranks))
     # The consensus ranks every completion any ranking holds.
-    completions = sorted(consensus, key=_id_key)
+    completions = sorted(consensus, key=id_key)
     won: dict[tuple[Hashable, Hashable], float] = {}
     for x, y in combinations(completions, 2):
         for_x, for_y = votes[(x, y)], votes[(y, x)]
@@ -217,8 +212,8 @@ def _majority_pairs(
             (winner, loser): m for (winner, loser), m in won.items()
             if not any((winner, z) in won and (z, loser) in won for z in completions)
         }
-    order = sorted(won, key=lambda p: (consensus[p[0]], _id_key(p[0]),
-                                       consensus[p[1]], _id_key(p[1])))
+    order = sorted(won, key=lambda p: (consensus[p[0]], id_key(p[0]),
+                                       consensus[p[1]], id_key(p[1])))
     return [Pair(winner, loser, won[(winner, loser)] if margin else None)
             for winner, loser in order]
 
@@ -292,6 +287,14 @@ def sft_row(
     }, extra)
 
 
+def _margin(margin: Any) -> float:
+    if isinstance(margin, bool) or not isinstance(margin, int | float) \
+            or not math.isfinite(margin) or margin < 0:
+        raise ValueError(f"margin must be a finite number >= 0, not {margin!r}")
+    # Always a float: a file of whole-number margins would otherwise load as int64.
+    return float(margin)
+
+
 def preference_row(
     prompt: Prompt,
     chosen_text: str,
@@ -312,11 +315,7 @@ def preference_row(
         "rejected": _answer(rejected_text, "rejected_text", conversational),
     }
     if margin is not None:
-        if isinstance(margin, bool) or not isinstance(margin, int | float) \
-                or not math.isfinite(margin) or margin < 0:
-            raise ValueError(f"margin must be a finite number >= 0, not {margin!r}")
-        # Always a float: a file of whole-number margins would otherwise load as int64.
-        row["margin"] = float(margin)
+        row["margin"] = _margin(margin)
     return _with_extra(row, extra)
 
 
@@ -340,10 +339,7 @@ def preference_rows(
         row["chosen"] = _answer(chosen_text, "chosen_text", conversational)
         row["rejected"] = _answer(rejected_text, "rejected_text", conversational)
         if margin is not None:
-            if isinstance(margin, bool) or not isinstance(margin, int | float) \
-                    or not math.isfinite(margin) or margin < 0:
-                raise ValueError(f"margin must be a finite number >= 0, not {margin!r}")
-            row["margin"] = float(margin)
+            row["margin"] = _margin(margin)
         if more:
             if more.keys() != checked:  # the per-pair columns are the same for every pair
                 _with_extra(dict(base), more)
@@ -382,7 +378,7 @@ def rankings_row(
         return [values.get(cid) for cid in ids]
 
     records = []
-    for entry in sorted(annotators, key=lambda e: _id_key(e["annotator"])):
+    for entry in sorted(annotators, key=lambda e: id_key(e["annotator"])):
         who = entry["annotator"]
         _check_ranks(entry["ranks"])
         records.append({

@@ -37,6 +37,7 @@ from labeling.models import (
     TaskAgreement,
     TaskCompletion,
 )
+from labeling.selectors import demonstrations_for_training
 from modelhub.models import Job
 from modelhub.services.jobs import JobContext, job_create, job_handler
 from training.datasets import formats
@@ -152,8 +153,8 @@ def _stream(queryset, fields: list[str]) -> Iterator[tuple]:
     return queryset.values_list(*fields).iterator(chunk_size=FETCH)
 
 
-def _ranked(snapshot: DatasetSnapshot) -> Iterator[tuple[int, list[tuple]]]:
-    """Yield (task id, [(annotator id, ranking)]) in task order, filters applied."""
+def _rank_annotations(snapshot: DatasetSnapshot):
+    """Return the rank annotations the snapshot's filter selects."""
     filters = snapshot.filters
     annotations = Annotation.objects.filter(
         _annotator_filter(snapshot, filters), _prompt_filter(filters, "task__prompt__"),
@@ -166,6 +167,11 @@ def _ranked(snapshot: DatasetSnapshot) -> Iterator[tuple[int, list[tuple]]]:
             agreement=F("task__agreement__pair_sum") / NullIf(F("task__agreement__pair_count"),
                                                                0),
         ).filter(agreement__gte=filters["min_agreement"])
+    return annotations
+
+
+def _ranked(annotations) -> Iterator[tuple[int, list[tuple]]]:
+    """Yield (task id, [(annotator id, ranking)]) in task order from rank annotations."""
     # The ranking as text, decoded here with orjson: Django's JSONField decoding (the
     # standard json module) was the largest cost of reading a million annotations.
     annotations = annotations.annotate(ranking_text=Cast("ranking", TextField()))
@@ -244,7 +250,6 @@ class _Files:
         self.handles: dict = {}
         self.pending: dict[str, list] = {}
         self.writers: dict = {}
-        self.counts: dict[str, int] = {}
         self.categories: dict[str, dict[str, int]] = {}
         self.hash = formats.ContentHash()
         self.first: dict[str, dict] = {}  # each split's first row (for the dataset card)
@@ -267,7 +272,6 @@ class _Files:
             count += 1
             if pending is not None:
                 pending.append(row)
-        self.counts[split] = self.counts.get(split, 0) + count
         per = self.categories.setdefault(split, {})
         per[category] = per.get(category, 0) + count
         if pending is not None and len(pending) >= PARQUET_BATCH:
@@ -334,11 +338,10 @@ class _Builder:
 
     def _rankings(self) -> None:
         snapshot = self.snapshot
-        total = (Annotation.objects.filter(project=snapshot.project, kind=Task.Kind.RANK,
-                                           task__is_gold=False)
-                 .values("task_id").distinct().count())
+        annotations = _rank_annotations(snapshot)
+        total = annotations.values("task_id").distinct().count()
         done = 0
-        for batch in _batches(_ranked(snapshot), TASK_BATCH):
+        for batch in _batches(_ranked(annotations), TASK_BATCH):
             prompts, responses, agreements = _task_context([t for t, _ in batch])
             for task_id, annotations in batch:
                 self._ranking_rows(task_id, annotations, prompts[task_id],
@@ -400,10 +403,9 @@ class _Builder:
 
     def _demonstrations(self) -> None:
         snapshot, filters = self.snapshot, self.snapshot.filters
-        demos = Annotation.objects.filter(
-            _annotator_filter(snapshot, filters), _prompt_filter(filters, "task__prompt__"),
-            project=snapshot.project, demonstration__isnull=False,
-        ).exclude(review_status=ReviewStatus.REJECTED)
+        # The one rule for training data: rejected demonstrations never reach it.
+        demos = demonstrations_for_training(project=snapshot.project).filter(
+            _annotator_filter(snapshot, filters), _prompt_filter(filters, "task__prompt__"))
         if filters.get("accepted_only"):
             demos = demos.filter(review_status=ReviewStatus.ACCEPTED)
         total = demos.count()
@@ -476,7 +478,7 @@ def snapshot_build(context: JobContext) -> None:
         builder = _Builder(snapshot, context, work)
         builder.run()
         snapshot.files = builder.files.close()
-        snapshot.row_counts = dict(sorted(builder.files.counts.items()))
+        snapshot.row_counts = dict(sorted(builder.files.hash.rows.items()))
         snapshot.category_counts = {s: dict(sorted(c.items()))
                                     for s, c in sorted(builder.files.categories.items())}
         snapshot.tasks = builder.tasks
@@ -486,12 +488,15 @@ def snapshot_build(context: JobContext) -> None:
             .exclude(content_hash="").order_by("-pk").first())
         snapshot.previous = previous
         snapshot.changes = _changes(snapshot, previous, work)
+        pairs = snapshot.kind == DatasetSnapshot.Kind.PREFERENCE_PAIRS
         heads = {split: _Head(n, builder.files.first[split])
                  for split, n in snapshot.row_counts.items()}
         (work / "README.md").write_text(dataset_card(
             name=snapshot.name, kind=snapshot.kind, splits=heads,
             counts_by_category=snapshot.category_counts, filters=snapshot.filters,
-            merge=snapshot.merge, pair_policy=snapshot.pair_policy,
+            # Merge and pair policies shape preference pairs only.
+            merge=snapshot.merge if pairs else None,
+            pair_policy=snapshot.pair_policy if pairs else None,
             agreement=_agreement_summary(snapshot), license=snapshot.license,
             content_hash=snapshot.content_hash, created_at=snapshot.created_at.isoformat(),
             files={split: names["jsonl"] for split, names in snapshot.files.items()},
