@@ -16,9 +16,8 @@ ROOT = Path(__file__).resolve().parents[2]
 
 def _forget_connections() -> None:
     """Drop the app's broker connections, so the next message uses the broker set now."""
-    if celery_app._pool is not None:
-        celery_app._pool.force_close_all()
-        celery_app._pool = None
+    # Dropped, not closed: kombu's shared producer pools may still hold them.
+    celery_app._pool = None
     celery_app.amqp._producer_pool = None
 
 
