@@ -95,6 +95,13 @@ class TrainingRun(models.Model):
                                  related_name="runs")
     parent = models.ForeignKey("modelhub.ModelVersion", on_delete=models.PROTECT,
                                related_name="training_runs")
+    # PPO: the reward model scored against (and the value model's start).
+    reward_model = models.ForeignKey("modelhub.ModelVersion", null=True, blank=True,
+                                     on_delete=models.PROTECT, related_name="rewarded_runs")
+    # An SFT snapshot: the demonstrations that set a reward model's bias, or PPO's
+    # pretraining mix (the ptx term).
+    sft_snapshot = models.ForeignKey(DatasetSnapshot, null=True, blank=True,
+                                     on_delete=models.PROTECT, related_name="+")
     # The validated config of the kind (training.sft_config / reward_config), as JSON.
     config = models.JSONField(default=dict)
     seed = models.PositiveIntegerField(default=0)
@@ -121,3 +128,6 @@ class TrainingRun(models.Model):
 
     def __str__(self):
         return f"{self.kind} run {self.pk}"
+
+    def get_absolute_url(self):
+        return reverse("training:run_detail", args=[self.pk])

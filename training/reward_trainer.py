@@ -31,6 +31,7 @@ subtract before RL so that the demonstrations score 0 on average (see
 ``training.losses.reward_bias``).
 """
 
+import dataclasses
 import logging
 import os
 import random
@@ -703,6 +704,12 @@ def train_reward(
                              f"token")
         tokenizer.pad_token = tokenizer.eos_token
     model = load_reward_model(config.model_path, tokenizer)
+    positions = getattr(model.config, "max_position_embeddings", None)
+    if positions and config.max_length > positions:
+        # A longer text would index past the position embeddings: cut it to the model.
+        logger.warning("max_length %d is more than the model's %d positions: using %d",
+                       config.max_length, positions, positions)
+        config = dataclasses.replace(config, max_length=positions)
     if config.disable_dropout:
         _disable_dropout(model)
     if model_init is not None:

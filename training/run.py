@@ -17,22 +17,10 @@ from pathlib import Path
 
 # kind -> (module, function) of the trainer; imported in the child only (torch).
 TRAINERS = {"sft": ("training.sft", "train_sft"),
-            "reward": ("training.reward_trainer", "train_reward")}
+            "reward": ("training.reward_trainer", "train_reward"),
+            "ppo": ("training.ppo", "train_ppo")}
 MODEL_KIND = {"sft": "sft", "reward": "reward", "ppo": "policy"}
 _LIBRARIES = ["torch", "transformers", "trl", "accelerate", "datasets", "Django"]
-
-
-def config_for(kind: str, raw: dict, *, model_path: str, output_dir: str):
-    """Return the kind's config dataclass built from a run's JSON config."""
-    if kind == "sft":
-        from training.sft_config import SFTRunConfig
-
-        return SFTRunConfig(**raw, model_path=model_path, output_dir=output_dir)
-    if kind == "reward":
-        from training.reward_config import RewardConfig
-
-        return RewardConfig(**raw, model_path=model_path, output_dir=output_dir)
-    raise ValueError(f"{kind} runs are not available yet")
 
 
 def latest_checkpoint(directory: Path) -> Path | None:
@@ -40,6 +28,23 @@ def latest_checkpoint(directory: Path) -> Path | None:
     complete = [p for p in directory.glob("checkpoint-*")
                 if (p / "trainer_state.json").exists() and p.name.split("-")[-1].isdigit()]
     return max(complete, key=lambda p: int(p.name.split("-")[-1]), default=None)
+
+
+def split_file(snapshot, split: str) -> str | None:
+    """Return the JSONL file of a snapshot's split, or None when the snapshot has none."""
+    files = snapshot.files
+    if split not in files:
+        return None
+    return str(Path(snapshot.directory) / files[split]["jsonl"])
+
+
+def _rows(path: str | None) -> list[dict]:
+    import orjson
+
+    if path is None:
+        return []
+    with open(path, "rb") as stream:
+        return [orjson.loads(line) for line in stream if line.strip()]
 
 
 def _versions() -> dict:
@@ -68,21 +73,29 @@ def main(argv=None) -> int:
 
     from modelhub.services.jobs import JobCancelled, JobContext, JobLost
     from modelhub.services.registry import model_register
+    from training.configs import config_for
     from training.models import TrainingRun
 
-    run = TrainingRun.objects.select_related("snapshot", "parent", "project", "job").get(
-        pk=args.run)
+    run = TrainingRun.objects.select_related(
+        "snapshot", "parent", "project", "job", "reward_model", "sft_snapshot").get(pk=args.run)
     out = Path(run.output_dir)
-    files = run.snapshot.files
-    data = Path(run.snapshot.directory)
-    train = str(data / files["train"]["jsonl"])
-    valid = str(data / files["valid"]["jsonl"]) if "valid" in files else None
+    train = split_file(run.snapshot, "train")
+    valid = split_file(run.snapshot, "valid")
+    paths, extra = {}, {}
+    if run.kind == "ppo":
+        paths["reward_model_path"] = run.reward_model.artifact_path
+        if run.sft_snapshot is not None:
+            paths["ptx_data_path"] = split_file(run.sft_snapshot, "train")
+    elif run.kind == "reward" and run.sft_snapshot is not None:
+        extra["demonstrations"] = _rows(split_file(run.sft_snapshot, "train"))
     config = config_for(run.kind, run.config, model_path=run.parent.artifact_path,
-                        output_dir=str(out))
+                        output_dir=str(out), **paths)
     resume = latest_checkpoint(out / "checkpoints")
     TrainingRun.objects.filter(pk=run.pk).update(
         last_checkpoint=str(resume or ""),
         provenance={"snapshot": run.snapshot.content_hash, "parent": run.parent.pk,
+                    "reward_model": run.reward_model_id,
+                    "sft_snapshot": run.sft_snapshot.content_hash if run.sft_snapshot else None,
                     "seed": run.seed, "versions": _versions(),
                     "command": f"python -m training.run {run.pk}", "config": run.config})
 
@@ -126,13 +139,14 @@ def main(argv=None) -> int:
     module, function = TRAINERS[run.kind]
     train_function = getattr(importlib.import_module(module), function)
     metrics = train_function(config, train, valid, callbacks=[Progress()],
-                             resume_from_checkpoint=str(resume) if resume else None)
+                             resume_from_checkpoint=str(resume) if resume else None, **extra)
     with context.fenced():  # only while this attempt still holds the job
         model = model_register(
             project=run.project, name=f"{run.kind}-run-{run.pk}", kind=MODEL_KIND[run.kind],
             path=str(out), parent=run.parent, training_run_ref=run.pk,
             snapshot_ref=run.snapshot_id,
-            metrics={k: v for k, v in metrics.items() if isinstance(v, int | float)})
+            metrics={k: v for k, v in metrics.items()
+                     if isinstance(v, int | float) or k == "reward_bias_source"})
         TrainingRun.objects.filter(pk=run.pk).update(output_model=model)
     return 0
 

@@ -20,6 +20,7 @@ the latest).
 """
 
 import json
+import logging
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -38,6 +39,7 @@ from modelhub.ml.tiny import TRAINING_RECORD
 from training.sft_config import SFTRunConfig
 
 DataSource = str | os.PathLike | Dataset
+logger = logging.getLogger(__name__)
 IGNORE_INDEX = -100
 # Examples collated to check, before training, that the prompts are masked.
 MASK_CHECK_EXAMPLES = 8
@@ -119,6 +121,12 @@ def build_sft_trainer(
     model = AutoModelForCausalLM.from_pretrained(
         config.model_path, dtype=torch.float32, use_safetensors=True, trust_remote_code=False,
         local_files_only=True)
+    positions = getattr(model.config, "max_position_embeddings", None)
+    if positions and args.max_length > positions:
+        # Longer examples would index past the position embeddings: cut them to the model.
+        logger.warning("max_length %d is more than the model's %d positions: using %d",
+                       args.max_length, positions, positions)
+        args.max_length = positions
     return SFTTrainer(
         model=model,
         args=args,

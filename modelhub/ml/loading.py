@@ -19,7 +19,10 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
-from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING
+from transformers.models.auto.modeling_auto import (
+    MODEL_FOR_CAUSAL_LM_MAPPING,
+    MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING,
+)
 
 SAFETENSORS_FILE = "model.safetensors"
 SAFETENSORS_INDEX = "model.safetensors.index.json"
@@ -50,36 +53,67 @@ def pick_device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
-def inspect_checkpoint(path: str | os.PathLike) -> dict:
+def inspect_checkpoint(path: str | os.PathLike, *, reward: bool = False) -> dict:
     """Validate a save_pretrained directory without running its code and describe it.
 
-    Raise UnsafeCheckpoint when it has only pickle weights, InvalidModel when the config,
-    the tokenizer or the weights are missing or unreadable.
+    ``reward``: the directory must hold a reward model, a sequence classifier with one
+    output and its head's weights; otherwise a causal language model (and not a
+    classifier). Raise UnsafeCheckpoint when it has only pickle weights, InvalidModel when
+    the config, the tokenizer or the weights are missing, unreadable or of the wrong kind.
     """
     path = Path(path)
     if not path.is_dir():
         raise InvalidModel(f"{path} is not a directory")
     config = _load_config(path)
-    if type(config) not in MODEL_FOR_CAUSAL_LM_MAPPING:
-        raise InvalidModel(
-            f"config.json in {path}: model_type {config.model_type!r} is not a causal "
-            "language model that transformers knows")
+    architectures = getattr(config, "architectures", None) or []
+    classifier = any(a.endswith("ForSequenceClassification") for a in architectures)
+    if reward:
+        mapping = MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING
+        if type(config) not in mapping or not classifier:
+            raise InvalidModel(
+                f"config.json in {path}: a reward model is a sequence classifier "
+                f"(architectures {architectures or 'missing'}, model_type "
+                f"{config.model_type!r})")
+        if config.num_labels != 1:
+            raise InvalidModel(f"config.json in {path}: a reward model has one output "
+                               f"(num_labels 1), not {config.num_labels}")
+    else:
+        mapping = MODEL_FOR_CAUSAL_LM_MAPPING
+        if type(config) not in mapping:
+            raise InvalidModel(
+                f"config.json in {path}: model_type {config.model_type!r} is not a causal "
+                "language model that transformers knows")
+        if classifier:
+            raise InvalidModel(f"config.json in {path}: {architectures[0]} is a classifier "
+                               f"(a reward model), not a language model")
     files = safetensors_files(path)
+    if reward and not _has_head(files):
+        raise InvalidModel(f"{path}: the weights hold no classification head ('score.*')")
     tokenizer = _load_tokenizer(path)
     embedding_rows = getattr(config.get_text_config(), "vocab_size", None)
     if embedding_rows is not None and len(tokenizer) > embedding_rows:
         raise InvalidModel(
             f"the tokenizer in {path} has {len(tokenizer)} tokens but the model's embedding "
             f"(config.json vocab_size) has only {embedding_rows} rows")
-    architectures = getattr(config, "architectures", None) or []
     return {
-        "architecture": (architectures[0] if architectures
-                         else MODEL_FOR_CAUSAL_LM_MAPPING[type(config)].__name__),
+        "architecture": architectures[0] if architectures else mapping[type(config)].__name__,
         "model_type": config.model_type,
         "parameter_count": _stored_parameter_count(files),
         "is_chat": bool(getattr(tokenizer, "chat_template", None)),
         "vocab_size": len(tokenizer),
     }
+
+
+def _has_head(files: list[Path]) -> bool:
+    """Return whether the weights name a 'score' head (read from the headers only)."""
+    for file in files:
+        try:
+            with safe_open(file, framework="pt") as weights:
+                if any(key.split(".")[0] == "score" for key in weights.keys()):  # noqa: SIM118
+                    return True
+        except (SafetensorError, OSError) as error:
+            raise InvalidModel(f"{file} is not a readable safetensors file: {error}") from error
+    return False
 
 
 def safetensors_files(path: str | os.PathLike) -> list[Path]:

@@ -87,6 +87,26 @@ def job_cancel(*, job: Job) -> Job:
     return job
 
 
+def job_retry(*, job: Job, attempts: int = 3) -> bool:
+    """Queue a failed or cancelled job again with ``attempts`` more tries; False if not.
+
+    The handler starts over; one that checkpoints (training) goes on from its last
+    checkpoint.
+    """
+    now = timezone.now()
+    line = f"{now:%Y-%m-%d %H:%M:%S} queued again ({attempts} more attempts)\n"
+    with transaction.atomic():
+        queued = Job.objects.filter(
+            pk=job.pk, status__in=[Job.Status.FAILED, Job.Status.CANCELLED]).update(
+            status=Job.Status.QUEUED, cancel_requested=False, error="", finished_at=None,
+            lease_owner="", heartbeat_at=now, max_attempts=F("attempts") + attempts,
+            log=Concat(F("log"), Value(line)))
+        if queued:
+            transaction.on_commit(lambda: job_enqueue(job))
+    job.refresh_from_db()
+    return bool(queued)
+
+
 class JobContext:
     """What a handler gets: its job, progress reporting, cancel checks and fenced writes."""
 

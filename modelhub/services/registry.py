@@ -55,7 +55,7 @@ def model_register(*, project, name: str, kind: str, path: str | None = None,
                 f"{folder} is outside the model directories this server reads ({roots}); "
                 "set LAOSHI_MODEL_REGISTRY_ROOTS to allow another")
     try:
-        info = inspect_checkpoint(folder)
+        info = inspect_checkpoint(folder, reward=kind == ModelVersion.Kind.REWARD)
     except InvalidModel as error:  # UnsafeCheckpoint included
         raise RegistrationError(str(error)) from error
     with transaction.atomic():

@@ -254,3 +254,37 @@ def test_hub_download_fails_clearly_without_the_network(tmp_path):
         hub_download("laoshi/no-such-model", tmp_path, local_files_only=True)
     with pytest.raises(ValueError, match="not a Hub model id"):
         hub_download("../etc", tmp_path)
+
+
+def _reward_checkpoint(tiny_model, out, num_labels=1):
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    model = AutoModelForSequenceClassification.from_pretrained(tiny_model, num_labels=num_labels)
+    model.save_pretrained(out)
+    AutoTokenizer.from_pretrained(tiny_model).save_pretrained(out)
+    return out
+
+
+def test_a_reward_model_is_a_one_output_classifier_with_its_head(tiny_model, tmp_path):
+    path = _reward_checkpoint(tiny_model, tmp_path / "rm")
+    info = inspect_checkpoint(path, reward=True)
+    assert info["architecture"] == "GPT2ForSequenceClassification"
+    # A language model is not a reward model, nor the reverse.
+    with pytest.raises(InvalidModel, match="a reward model is a sequence classifier"):
+        inspect_checkpoint(tiny_model, reward=True)
+    with pytest.raises(InvalidModel, match="is a classifier"):
+        inspect_checkpoint(path)
+    two = _reward_checkpoint(tiny_model, tmp_path / "two", num_labels=2)
+    with pytest.raises(InvalidModel, match="num_labels 1"):
+        inspect_checkpoint(two, reward=True)
+
+
+def test_a_reward_model_without_head_weights_is_refused(tiny_model, tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    path = _reward_checkpoint(tiny_model, tmp_path / "rm")
+    weights = load_file(path / "model.safetensors")
+    save_file({k: v for k, v in weights.items() if not k.startswith("score.")},
+              path / "model.safetensors", metadata={"format": "pt"})
+    with pytest.raises(InvalidModel, match="no classification head"):
+        inspect_checkpoint(path, reward=True)

@@ -19,7 +19,8 @@ from django.conf import settings
 from django.db import transaction
 
 from modelhub.models import Job, ModelVersion
-from modelhub.services.jobs import JobContext, job_create, job_handler
+from modelhub.services.jobs import JobContext, job_cancel, job_create, job_handler, job_retry
+from training.configs import config_for
 from training.models import DatasetSnapshot, TrainingRun
 
 POLL_SECONDS = 1.0
@@ -39,17 +40,44 @@ class RunError(ValueError):
 
 
 def run_create(*, project, kind: str, snapshot: DatasetSnapshot, parent: ModelVersion,
-               config: dict | None = None, seed: int = 0, created_by=None) -> TrainingRun:
-    """Validate a run against its inputs and queue it on the gpu queue."""
+               config: dict | None = None, seed: int = 0, created_by=None,
+               reward_model: ModelVersion | None = None,
+               sft_snapshot: DatasetSnapshot | None = None) -> TrainingRun:
+    """Validate a run against its inputs and queue it on the gpu queue.
+
+    ``reward_model``: a PPO run's reward model (required there, refused elsewhere).
+    ``sft_snapshot``: an SFT snapshot, the demonstrations that set a reward model's bias
+    or PPO's pretraining mix (optional; refused for SFT runs).
+    """
     if kind not in SNAPSHOT_KIND:
         raise RunError(f"kind must be one of {', '.join(SNAPSHOT_KIND)}")
-    if snapshot.project_id != project.pk or parent.project_id != project.pk:
-        raise RunError("the snapshot and the model must belong to this project")
+    inputs = [snapshot, parent, reward_model, sft_snapshot]
+    if any(item is not None and item.project_id != project.pk for item in inputs):
+        raise RunError("the snapshots and the models must belong to this project")
     if snapshot.kind != SNAPSHOT_KIND[kind]:
         raise RunError(f"a {kind} run reads a {SNAPSHOT_KIND[kind]} snapshot, "
                        f"not {snapshot.kind}")
-    if not snapshot.is_built:
-        raise RunError("the snapshot is not built yet")
+    if parent.kind == ModelVersion.Kind.REWARD:
+        raise RunError("the model to train must be a language model, not a reward model")
+    if parent.status != ModelVersion.Status.READY:
+        raise RunError("the model to train is archived")
+    if kind == TrainingRun.Kind.PPO:
+        if reward_model is None:
+            raise RunError("a PPO run needs a reward model")
+        if reward_model.kind != ModelVersion.Kind.REWARD:
+            raise RunError(f"{reward_model.name} is a {reward_model.kind} model, "
+                           f"not a reward model")
+    elif reward_model is not None:
+        raise RunError(f"only PPO runs take a reward model, not {kind} runs")
+    if sft_snapshot is not None:
+        if kind == TrainingRun.Kind.SFT:
+            raise RunError("an SFT run reads one snapshot")
+        if sft_snapshot.kind != DatasetSnapshot.Kind.SFT:
+            raise RunError(f"the demonstrations must be an sft snapshot, "
+                           f"not {sft_snapshot.kind}")
+    for item in (snapshot, sft_snapshot):
+        if item is not None and not item.is_built:
+            raise RunError(f"the snapshot {item.name} is not built yet")
     config = dict(config or {})
     validate_config(kind, config)
     with transaction.atomic():
@@ -57,16 +85,33 @@ def run_create(*, project, kind: str, snapshot: DatasetSnapshot, parent: ModelVe
                          created_by=created_by)
         run = TrainingRun.objects.create(
             project=project, job=job, kind=kind, snapshot=snapshot, parent=parent,
+            reward_model=reward_model, sft_snapshot=sft_snapshot,
             config=config, seed=seed, created_by=created_by,
             output_dir=str(Path(settings.MODEL_ROOT) / "runs" / f"{kind}-{job.pk}"),
         )
     return run
 
 
+def run_cancel(*, run: TrainingRun) -> TrainingRun:
+    """Cancel a run: at once when queued; a running child is terminated by its worker."""
+    job_cancel(job=run.job)
+    run.job.refresh_from_db()
+    return run
+
+
+def run_resume(*, run: TrainingRun) -> TrainingRun:
+    """Queue a failed or cancelled run again: it goes on from its last complete checkpoint."""
+    if run.output_model_id is not None:
+        raise RunError("this run has finished and registered its model")
+    if not job_retry(job=run.job):
+        raise RunError(f"only a failed or cancelled run can be resumed, not a "
+                       f"{run.job.status} one")
+    run.job.refresh_from_db()
+    return run
+
+
 def validate_config(kind: str, config: dict) -> None:
     """Raise RunError unless the config builds the kind's config dataclass."""
-    from training.run import config_for  # the trainers' configs; no torch at import
-
     try:
         config_for(kind, config, model_path="model", output_dir="out")
     except (TypeError, ValueError) as error:

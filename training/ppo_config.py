@@ -1,0 +1,163 @@
+"""Configuration of PPO-ptx (``training.ppo``): InstructGPT's step 3.
+
+A plain dataclass like ``RewardConfig``: validated in the web process when a run is
+created, without torch. Defaults follow InstructGPT (appendix C.3/C.4) where they make
+sense at small scale: KL coefficient beta 0.02, clip range 0.2, one inner epoch, discount
+1, a value model initialised from the reward model, the pretraining-mix weight gamma as
+in their PPO-ptx models (27.8 there, on a loss per pretraining token; it is 0 here unless
+a pretraining set is given).
+
+One PPO step: sample ``rollout_prompts`` prompts, generate one response each with the
+policy, score them with the reward model (less its bias, so demonstrations score about
+0), shape the rewards with the per-token KL to the frozen SFT model, compute advantages
+with GAE, then ``ppo_epochs`` passes of clipped policy and value updates in minibatches
+of ``mini_batch_prompts``, each with a pretraining-mix batch when gamma > 0.
+"""
+
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from training.reward_config import _check_type
+
+CHECKPOINTS_DIR = "checkpoints"
+
+
+def _help(text: str) -> dict[str, str]:
+    return {"help": text}
+
+
+@dataclass(kw_only=True)
+class PPOConfig:
+    """Settings of one PPO-ptx run: model, data, then training."""
+
+    # Model
+    model_path: str = field(metadata=_help(
+        "The SFT model: the policy starts from it and a frozen copy of it is the KL "
+        "reference."))
+    reward_model_path: str = field(metadata=_help(
+        "The reward model (a sequence classifier with one output). Its stored bias "
+        "(laoshi_reward_bias) is subtracted from every score."))
+    value_model_path: str | None = field(default=None, metadata=_help(
+        "Where the value model starts; None: the reward model, as in InstructGPT. It must "
+        "share the policy's tokenizer."))
+    bf16: bool | None = field(default=None, metadata=_help(
+        "bfloat16 mixed precision. None: on when a CUDA GPU that supports it is present, "
+        "off on CPU."))
+    gradient_checkpointing: bool = field(default=False, metadata=_help(
+        "Recompute the policy's and value model's activations in the backward pass: less "
+        "memory, slower."))
+
+    # Data
+    ptx_data_path: str | None = field(default=None, metadata=_help(
+        "Pretraining-mix data: an SFT snapshot's JSONL (prompt and completion are joined "
+        "into one text) or a JSONL of {\"text\": ...} lines. None: plain PPO (no ptx term)."))
+    max_prompt_length: int = field(default=256, metadata=_help(
+        "Prompt tokens kept (the end of a longer prompt is kept: it holds the question)."))
+    response_length: int = field(default=64, metadata=_help(
+        "Most tokens the policy writes per response; generation stops earlier at the "
+        "end-of-sequence token."))
+    temperature: float = field(default=1.0, metadata=_help(
+        "Sampling temperature of the rollouts (1.0: the policy's own distribution, which "
+        "the KL and the ratios assume)."))
+    ptx_length: int = field(default=256, metadata=_help(
+        "Tokens per pretraining-mix text (longer ones are cut at the end)."))
+    missing_eos_penalty: float | None = field(default=None, metadata=_help(
+        "Subtract this from the score of a response that hit response_length without "
+        "ending; None: no penalty."))
+
+    # Training
+    output_dir: str = field(metadata=_help(
+        f"Where the final policy is saved; resumable checkpoints go to its "
+        f"'{CHECKPOINTS_DIR}' folder."))
+    max_steps: int = field(default=200, metadata=_help(
+        "PPO steps (one rollout batch and its updates each); the episodes are max_steps "
+        "times rollout_prompts."))
+    rollout_prompts: int = field(default=16, metadata=_help(
+        "Prompts sampled (one response each) per PPO step."))
+    mini_batch_prompts: int = field(default=8, metadata=_help(
+        "Rollouts per optimizer step within a PPO step; must divide rollout_prompts."))
+    ppo_epochs: int = field(default=1, metadata=_help(
+        "Passes over each rollout batch (InstructGPT: 1)."))
+    learning_rate: float = field(default=1e-5, metadata=_help(
+        "AdamW learning rate of the policy (constant)."))
+    value_learning_rate: float | None = field(default=None, metadata=_help(
+        "AdamW learning rate of the value model; None: the policy's."))
+    kl_coef: float = field(default=0.02, metadata=_help(
+        "beta: the per-token KL penalty to the SFT model (InstructGPT: 0.02)."))
+    ptx_coef: float = field(default=27.8, metadata=_help(
+        "gamma: the weight of the pretraining-mix loss (InstructGPT: 27.8); only used "
+        "with ptx_data_path."))
+    ptx_batch_size: int = field(default=8, metadata=_help(
+        "Pretraining-mix texts per optimizer step."))
+    cliprange: float = field(default=0.2, metadata=_help(
+        "Clip range of the policy ratio (InstructGPT: 0.2)."))
+    cliprange_value: float = field(default=0.2, metadata=_help(
+        "Clip range of the value update around the rollout's values."))
+    vf_coef: float = field(default=0.1, metadata=_help(
+        "Weight of the value loss beside the policy loss."))
+    gamma: float = field(default=1.0, metadata=_help(
+        "Discount of GAE (InstructGPT: 1, the reward comes once at the end)."))
+    lam: float = field(default=0.95, metadata=_help("lambda of GAE, in [0, 1]."))
+    whiten_rewards: bool = field(default=False, metadata=_help(
+        "Whiten the shaped rewards over each rollout batch before GAE."))
+    max_grad_norm: float = field(default=1.0, metadata=_help(
+        "Clip each model's gradient to this norm; 0 turns clipping off."))
+    logging_steps: int = field(default=1, metadata=_help(
+        "Log the PPO figures every this many steps."))
+    save_steps: int = field(default=50, metadata=_help(
+        "Write a checkpoint (to resume from) every this many steps."))
+    save_total_limit: int | None = field(default=2, metadata=_help(
+        "Keep at most this many checkpoints (the oldest go first); None keeps all."))
+    seed: int = field(default=42, metadata=_help(
+        "Seed of the prompt order, the sampling and the pretraining-mix batches: a step "
+        "draws the same prompts and responses after a resume."))
+
+    def __post_init__(self):
+        _check_type(self)
+        for name in ("model_path", "reward_model_path", "output_dir"):
+            if not getattr(self, name).strip():
+                raise ValueError(f"{name} must be a non-empty path")
+        for name in ("max_prompt_length", "response_length", "ptx_length", "max_steps",
+                     "rollout_prompts", "mini_batch_prompts", "ppo_epochs", "ptx_batch_size",
+                     "logging_steps", "save_steps"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be at least 1, not {getattr(self, name)}")
+        if self.rollout_prompts % self.mini_batch_prompts:
+            raise ValueError(f"mini_batch_prompts ({self.mini_batch_prompts}) must divide "
+                             f"rollout_prompts ({self.rollout_prompts})")
+        if self.save_total_limit is not None and self.save_total_limit < 1:
+            raise ValueError(f"save_total_limit must be at least 1 or None, "
+                             f"not {self.save_total_limit}")
+        for name in ("learning_rate", "value_learning_rate"):
+            value = getattr(self, name)
+            if value is not None and not 0 < value < 1:
+                raise ValueError(f"{name} must be in (0, 1), not {value}")
+        for name in ("kl_coef", "ptx_coef", "vf_coef", "max_grad_norm"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0, not {getattr(self, name)}")
+        for name in ("cliprange", "cliprange_value", "temperature"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"{name} must be > 0, not {getattr(self, name)}")
+        for name in ("gamma", "lam"):
+            if not 0 <= getattr(self, name) <= 1:
+                raise ValueError(f"{name} must be in [0, 1], not {getattr(self, name)}")
+        if self.seed < 0:
+            raise ValueError(f"seed must be >= 0, not {self.seed}")
+
+    def to_dict(self) -> dict[str, Any]:
+        """Return the config as JSON-ready values (what a checkpoint records)."""
+        return asdict(self)
+
+    @property
+    def checkpoint_dir(self) -> Path:
+        """Return the folder the run's resumable checkpoints are saved in."""
+        return Path(self.output_dir) / CHECKPOINTS_DIR
+
+    def use_bf16(self) -> bool:
+        """Return whether training runs in bf16: the setting, or the device's support."""
+        if self.bf16 is not None:
+            return self.bf16
+        import torch
+
+        return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
