@@ -23,7 +23,7 @@ from modelhub.services.registry import model_register
 from tests.conftest import rank_items
 from tests.training.helpers import demonstration_snapshot
 from training.models import TrainingRun
-from training.services.runs import RunError, run_create
+from training.services.runs import RunError, run_cancel, run_create, run_resume
 from training.services.snapshots import snapshot_create
 
 pytestmark = [pytest.mark.postgres, pytest.mark.django_db(transaction=True)]
@@ -134,6 +134,80 @@ def test_runs_check_their_inputs(project, sft_inputs):
     with pytest.raises(RunError, match="invalid sft config"):
         run_create(project=project, kind="sft", snapshot=snapshot, parent=base,
                    config={"learning_rate": -1})
+    with pytest.raises(RunError, match="output_dir come from the run's inputs"):
+        run_create(project=project, kind="sft", snapshot=snapshot, parent=base,
+                   config={"output_dir": "/etc"})
+    with pytest.raises(RunError, match="unknown setting"):
+        run_create(project=project, kind="sft", snapshot=snapshot, parent=base,
+                   config={"learning_rat": 1e-4})
+    with pytest.raises(RunError, match="only PPO runs take a reward model"):
+        run_create(project=project, kind="sft", snapshot=snapshot, parent=base,
+                   reward_model=base)
+    with pytest.raises(RunError, match="an SFT run reads one snapshot"):
+        run_create(project=project, kind="sft", snapshot=snapshot, parent=base,
+                   sft_snapshot=snapshot)
+
+
+def test_ppo_runs_need_a_reward_model_and_take_an_sft_snapshot(project, sft_inputs,
+                                                               child_env):
+    base, demonstrations = sft_inputs
+    prompts = snapshot_create(project=project, kind="prompts")
+    job_run(job_id=prompts.job_id, worker="w")
+    prompts.refresh_from_db()
+    with pytest.raises(RunError, match="needs a reward model"):
+        run_create(project=project, kind="ppo", snapshot=prompts, parent=base)
+    with pytest.raises(RunError, match="is a base model, not a reward model"):
+        run_create(project=project, kind="ppo", snapshot=prompts, parent=base,
+                   reward_model=base)
+    reward = ModelVersion.objects.create(project=project, name="rm", kind="reward",
+                                         artifact_path=base.artifact_path)
+    with pytest.raises(RunError, match="not a reward model"):
+        run_create(project=project, kind="ppo", snapshot=prompts, parent=reward,
+                   reward_model=reward)
+    with pytest.raises(RunError, match="must be an sft snapshot, not prompts"):
+        run_create(project=project, kind="ppo", snapshot=prompts, parent=base,
+                   reward_model=reward, sft_snapshot=prompts)
+    with pytest.raises(RunError, match="invalid ppo config: mini_batch_prompts"):
+        run_create(project=project, kind="ppo", snapshot=prompts, parent=base,
+                   reward_model=reward, config={"rollout_prompts": 6, "mini_batch_prompts": 4})
+    run = run_create(project=project, kind="ppo", snapshot=prompts, parent=base,
+                     reward_model=reward, sft_snapshot=demonstrations, config={"kl_coef": 0.1})
+    assert run.reward_model == reward and run.sft_snapshot == demonstrations
+
+
+def test_a_cancelled_run_resumes_from_its_checkpoint(project, sft_inputs):
+    base, snapshot = sft_inputs
+    run = run_create(project=project, kind="sft", snapshot=snapshot, parent=base,
+                     config=CONFIG | {"max_steps": 400, "save_steps": 2})
+    with pytest.raises(RunError, match="only a failed or cancelled run"):
+        run_resume(run=run)
+    worker = threading.Thread(target=lambda: (job_run(job_id=run.job_id, worker="w"),
+                                              connection.close()))
+    worker.start()
+    deadline = time.monotonic() + 120
+    while not TrainingRun.objects.get(pk=run.pk).last_checkpoint.endswith("checkpoint-4") \
+            and time.monotonic() < deadline:
+        time.sleep(0.2)
+    run_cancel(run=run)
+    worker.join(60)
+    run.refresh_from_db()
+    assert run.job.status == Job.Status.CANCELLED
+    stopped_at = run.step
+
+    # Resumed with a shorter horizon so that it ends soon: from the checkpoint, not 0.
+    TrainingRun.objects.filter(pk=run.pk).update(config=CONFIG | {"max_steps": stopped_at + 2,
+                                                                  "save_steps": 2})
+    run_resume(run=run)
+    assert run.job.status == Job.Status.QUEUED and not run.job.cancel_requested
+    assert "queued again" in run.job.log
+    assert job_run(job_id=run.job_id, worker="w")
+    run.refresh_from_db()
+    assert run.job.status == Job.Status.SUCCEEDED, run.job.error
+    assert run.step == stopped_at + 2 and run.output_model is not None
+    steps = [m["step"] for m in run.metrics if "loss" in m]
+    assert steps == sorted(set(steps)) and steps[0] == 1
+    with pytest.raises(RunError, match="finished and registered"):
+        run_resume(run=run)
 
 
 def test_a_reward_run_trains_on_a_rankings_snapshot_and_registers_a_reward_model(
