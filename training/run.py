@@ -94,6 +94,7 @@ def main(argv=None) -> int:
     TrainingRun.objects.filter(pk=run.pk).update(
         last_checkpoint=str(resume or ""),
         provenance={"snapshot": run.snapshot.content_hash, "parent": run.parent.pk,
+                    "resumed_from": resume.name if resume else None,
                     "reward_model": run.reward_model_id,
                     "sft_snapshot": run.sft_snapshot.content_hash if run.sft_snapshot else None,
                     "seed": run.seed, "versions": _versions(),

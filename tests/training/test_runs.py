@@ -6,6 +6,7 @@ the test database: PostgreSQL, with the rows committed (transactional tests).
 
 import os
 import shutil
+import signal
 import threading
 import time
 
@@ -146,6 +147,54 @@ def test_runs_check_their_inputs(project, sft_inputs):
     with pytest.raises(RunError, match="an SFT run reads one snapshot"):
         run_create(project=project, kind="sft", snapshot=snapshot, parent=base,
                    sft_snapshot=snapshot)
+
+
+def _trainer_pid(run_id: int) -> int | None:
+    """Return the pid of the run's training process (from /proc), if it is running."""
+    wanted = ["-m", "training.run", str(run_id)]
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/cmdline", "rb") as stream:
+                argv = stream.read().decode(errors="replace").split("\0")
+        except OSError:
+            continue
+        if any(argv[i:i + 3] == wanted for i in range(len(argv))):
+            return int(entry)
+    return None
+
+
+def test_a_killed_trainer_fails_the_run_which_resumes_from_its_checkpoint(project, sft_inputs):
+    base, snapshot = sft_inputs
+    run = run_create(project=project, kind="sft", snapshot=snapshot, parent=base,
+                     config=CONFIG | {"max_steps": 400, "save_steps": 2})
+    worker = threading.Thread(target=lambda: (job_run(job_id=run.job_id, worker="w"),
+                                              connection.close()))
+    worker.start()
+    deadline = time.monotonic() + 120
+    while not TrainingRun.objects.get(pk=run.pk).last_checkpoint.endswith("checkpoint-4") \
+            and time.monotonic() < deadline:
+        time.sleep(0.1)
+    os.kill(_trainer_pid(run.pk), signal.SIGKILL)  # as the kernel's OOM killer would
+    worker.join(60)
+    run.refresh_from_db()
+    assert run.job.status == Job.Status.FAILED
+    assert "killed by signal 9" in run.job.error
+    killed_at = run.step
+    assert killed_at >= 4
+
+    TrainingRun.objects.filter(pk=run.pk).update(config=CONFIG | {"max_steps": killed_at + 3,
+                                                                  "save_steps": 2})
+    run_resume(run=run)
+    assert job_run(job_id=run.job_id, worker="w")
+    run.refresh_from_db()
+    assert run.job.status == Job.Status.SUCCEEDED, run.job.error
+    checkpoint = int(run.provenance.get("resumed_from", "checkpoint-0").split("-")[-1])
+    steps = [m["step"] for m in run.metrics if "loss" in m]
+    # Continuous: every step once, those after the checkpoint logged by the second attempt.
+    assert steps == list(range(1, killed_at + 4))
+    assert checkpoint >= 4 and checkpoint % 2 == 0
 
 
 def test_ppo_runs_need_a_reward_model_and_take_an_sft_snapshot(project, sft_inputs,
