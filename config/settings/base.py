@@ -165,6 +165,7 @@ SPECTACULAR_SETTINGS = {
         "TaskKindEnum": "labeling.models.Task.Kind",
         "ModelKindEnum": "modelhub.models.ModelVersion.Kind",
         "SnapshotKindEnum": "training.models.DatasetSnapshot.Kind",
+        "RunKindEnum": "training.models.TrainingRun.Kind",
     },
 }
 

@@ -33,7 +33,8 @@ def _finished(job_id: int, seconds: float = 240) -> Job:
         if not job.is_active:
             return job
         time.sleep(0.25)
-    raise AssertionError(f"job {job_id} did not finish in {seconds} s: {Job.objects.get(pk=job_id).log}")
+    job = Job.objects.get(pk=job_id)
+    raise AssertionError(f"job {job_id} did not finish in {seconds} s: {job.log}")
 
 
 def _succeeded(job_id: int) -> None:
