@@ -86,8 +86,10 @@ class PPOConfig:
     kl_coef: float = field(default=0.02, metadata=_help(
         "beta: the per-token KL penalty to the SFT model (InstructGPT: 0.02)."))
     ptx_coef: float = field(default=27.8, metadata=_help(
-        "gamma: the weight of the pretraining-mix loss (InstructGPT: 27.8); only used "
-        "with ptx_data_path."))
+        "gamma: the weight of the pretraining-mix loss, a mean next-token loss per token "
+        "(InstructGPT: 27.8, which holds the policy close to the pretraining data; "
+        "DeepSpeed-Chat's example uses 1.5: lower it for more reward); only used with "
+        "ptx_data_path."))
     ptx_batch_size: int = field(default=8, metadata=_help(
         "Pretraining-mix texts per optimizer step."))
     cliprange: float = field(default=0.2, metadata=_help(
