@@ -106,12 +106,18 @@ def model_detail(request, model_id):
     ]
     evaluations = (Evaluation.objects.filter(Q(model_a=model) | Q(model_b=model))
                    .select_related("model_a", "model_b", "generation__job")[:20])
+    # The training app's runs reach this page through their reverse relations only:
+    # modelhub imports nothing from training (dependencies point the other way).
     return render(request, "modelhub/model_detail.html", {
         "project": membership.project,
         "model": model,
         "parameters": humanise_count(model.parameter_count),
         "lineage": model.lineage(),
         "children": model.children.order_by("name"),
+        "made_by_run": getattr(model, "made_by_run", None),
+        # A reward model is never trained from; PPO runs score against it.
+        "training_runs": (model.rewarded_runs if model.kind == ModelVersion.Kind.REWARD
+                          else model.training_runs).select_related("job")[:LIST_LENGTH],
         "generations": generations,
         "evaluations": [(evaluation, win_rate(evaluation=evaluation))
                         for evaluation in evaluations],

@@ -92,6 +92,27 @@ def postgres(db):
 
 
 @pytest.fixture
+def run_roots(settings, tmp_path, monkeypatch):
+    """Give the test, and the processes it starts, model and snapshot roots of its own."""
+    monkeypatch.setenv("LAOSHI_MODEL_ROOT", str(tmp_path / "models"))
+    monkeypatch.setenv("LAOSHI_SNAPSHOT_ROOT", str(tmp_path / "snapshots"))
+    settings.MODEL_ROOT = tmp_path / "models"
+    settings.MODEL_REGISTRY_ROOTS = [tmp_path / "models"]
+    settings.SNAPSHOT_ROOT = tmp_path / "snapshots"
+    return tmp_path
+
+
+@pytest.fixture
+def child_database(postgres, monkeypatch):
+    """Point the processes the test starts (trainers, workers) at the test database."""
+    db = connection.settings_dict
+    monkeypatch.setenv("DATABASE_URL",
+                       f"postgres://{db['USER']}@{db['HOST']}:{db['PORT']}/{db['NAME']}")
+    monkeypatch.setenv("DJANGO_SETTINGS_MODULE", "config.settings.test")
+    return connection
+
+
+@pytest.fixture
 def gold_task(project, rank_tasks):
     """The first rank task as gold (expected ranking: stored order), served every time."""
     from labeling.services.project import task_set_gold

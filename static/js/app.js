@@ -187,6 +187,22 @@
     if (spent) spent.value = String(Date.now() - Number(form.dataset.started));
   }
 
+  /* A polled fragment (a training run's charts and their numbers) is replaced every few
+     seconds: the <details> a reader opened stay open across the swap. */
+  var openDetails = [];
+  document.addEventListener("htmx:beforeSwap", function (event) {
+    var target = event.detail && event.detail.target;
+    openDetails = target ? Array.prototype.map.call(
+      target.querySelectorAll("details[id][open]"), function (d) { return d.id; }) : [];
+  });
+  document.addEventListener("htmx:afterSettle", function () {
+    openDetails.forEach(function (id) {
+      var details = document.getElementById(id);
+      if (details) details.open = true;
+    });
+    openDetails = [];
+  });
+
   document.addEventListener("submit", recordTimeSpent, true);
   document.addEventListener("DOMContentLoaded", initPage);
   document.addEventListener("htmx:afterSwap", function (event) {

@@ -32,13 +32,8 @@ def _wait(run_id, done, seconds=180):
 
 
 def test_a_killed_worker_s_run_resumes_from_its_last_checkpoint(start_worker, project, bob,
-                                                                 settings, tmp_path,
-                                                                 tiny_model, monkeypatch):
-    monkeypatch.setenv("LAOSHI_MODEL_ROOT", str(tmp_path / "models"))
-    monkeypatch.setenv("LAOSHI_SNAPSHOT_ROOT", str(tmp_path / "snapshots"))
-    settings.MODEL_ROOT = tmp_path / "models"
-    settings.MODEL_REGISTRY_ROOTS = [tmp_path / "models"]
-    settings.SNAPSHOT_ROOT = tmp_path / "snapshots"
+                                                                 run_roots, tiny_model):
+    tmp_path = run_roots
     shutil.copytree(tiny_model, tmp_path / "models" / "base")
     base = model_register(project=project, name="base", kind="base",
                           path=str(tmp_path / "models" / "base"))

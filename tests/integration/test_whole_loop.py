@@ -8,7 +8,6 @@ import time
 
 import pytest
 from django.core.management import call_command
-from django.db import connection
 from transformers import AutoModelForCausalLM
 
 from labeling.management.commands.load_demo import DEMO_NAME
@@ -73,16 +72,8 @@ def _rank_everything(project, annotator) -> int:
     return ranked
 
 
-def test_the_whole_loop_on_tiny_models(start_worker, settings, tmp_path, tiny_model,
-                                       monkeypatch):
-    for name, folder in (("LAOSHI_MODEL_ROOT", "models"), ("LAOSHI_SNAPSHOT_ROOT", "snapshots")):
-        monkeypatch.setenv(name, str(tmp_path / folder))
-    settings.MODEL_ROOT = tmp_path / "models"
-    settings.MODEL_REGISTRY_ROOTS = [tmp_path / "models"]
-    settings.SNAPSHOT_ROOT = tmp_path / "snapshots"
-    db = connection.settings_dict
-    monkeypatch.setenv("DATABASE_URL",
-                       f"postgres://{db['USER']}@{db['HOST']}:{db['PORT']}/{db['NAME']}")
+def test_the_whole_loop_on_tiny_models(start_worker, run_roots, child_database, tiny_model):
+    tmp_path = run_roots
     start_worker("default,gpu", name="loop")
 
     # Demo data: prompts, ranking tasks with four imported responses, demonstrations.

@@ -31,18 +31,9 @@ pytestmark = [pytest.mark.postgres, pytest.mark.django_db(transaction=True)]
 
 
 @pytest.fixture
-def child_env(postgres, monkeypatch, settings, tmp_path, tiny_model):
-    """Point the child processes at the test database and a model root of their own."""
-    db = connection.settings_dict
-    monkeypatch.setenv("DATABASE_URL",
-                       f"postgres://{db['USER']}@{db['HOST']}:{db['PORT']}/{db['NAME']}")
-    monkeypatch.setenv("DJANGO_SETTINGS_MODULE", "config.settings.test")
-    monkeypatch.setenv("LAOSHI_MODEL_ROOT", str(tmp_path / "models"))
-    monkeypatch.setenv("LAOSHI_SNAPSHOT_ROOT", str(tmp_path / "snapshots"))
-    settings.MODEL_ROOT = tmp_path / "models"
-    settings.MODEL_REGISTRY_ROOTS = [tmp_path / "models"]
-    settings.SNAPSHOT_ROOT = tmp_path / "snapshots"
-    return tmp_path
+def child_env(child_database, run_roots):
+    """Trainer processes on the test database, with model and snapshot roots of their own."""
+    return run_roots
 
 
 @pytest.fixture
@@ -149,6 +140,12 @@ def test_runs_check_their_inputs(project, sft_inputs):
                    sft_snapshot=snapshot)
 
 
+def _checkpoint_step(run) -> int:
+    """Return the step of the run's last checkpoint (0 before the first)."""
+    path = TrainingRun.objects.get(pk=run.pk).last_checkpoint
+    return int(path.rsplit("-", 1)[-1]) if path else 0
+
+
 def _trainer_pid(run_id: int) -> int | None:
     """Return the pid of the run's training process (from /proc), if it is running."""
     wanted = ["-m", "training.run", str(run_id)]
@@ -173,8 +170,7 @@ def test_a_killed_trainer_fails_the_run_which_resumes_from_its_checkpoint(projec
                                               connection.close()))
     worker.start()
     deadline = time.monotonic() + 120
-    while not TrainingRun.objects.get(pk=run.pk).last_checkpoint.endswith("checkpoint-4") \
-            and time.monotonic() < deadline:
+    while _checkpoint_step(run) < 4 and time.monotonic() < deadline:
         time.sleep(0.1)
     os.kill(_trainer_pid(run.pk), signal.SIGKILL)  # as the kernel's OOM killer would
     worker.join(60)
@@ -234,9 +230,8 @@ def test_a_cancelled_run_resumes_from_its_checkpoint(project, sft_inputs):
                                               connection.close()))
     worker.start()
     deadline = time.monotonic() + 120
-    while not TrainingRun.objects.get(pk=run.pk).last_checkpoint.endswith("checkpoint-4") \
-            and time.monotonic() < deadline:
-        time.sleep(0.2)
+    while _checkpoint_step(run) < 4 and time.monotonic() < deadline:
+        time.sleep(0.1)
     run_cancel(run=run)
     worker.join(60)
     run.refresh_from_db()

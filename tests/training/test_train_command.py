@@ -15,7 +15,6 @@ from io import StringIO
 import pytest
 from django.conf import settings as django_settings
 from django.core.management import CommandError, call_command
-from django.db import connection
 from kombu.exceptions import OperationalError
 
 from modelhub.models import Job
@@ -27,31 +26,11 @@ from training.models import TrainingRun
 
 
 @pytest.fixture
-def roots(settings, tmp_path, monkeypatch):
-    """Give the test (and the processes it starts) model and snapshot roots of its own."""
-    monkeypatch.setenv("LAOSHI_MODEL_ROOT", str(tmp_path / "models"))
-    monkeypatch.setenv("LAOSHI_SNAPSHOT_ROOT", str(tmp_path / "snapshots"))
-    settings.MODEL_ROOT = tmp_path / "models"
-    settings.MODEL_REGISTRY_ROOTS = [tmp_path / "models"]
-    settings.SNAPSHOT_ROOT = tmp_path / "snapshots"
-    return tmp_path
-
-
-@pytest.fixture
-def child_env(postgres, monkeypatch):
-    """Point the trainer processes at the test database."""
-    db = connection.settings_dict
-    monkeypatch.setenv("DATABASE_URL",
-                       f"postgres://{db['USER']}@{db['HOST']}:{db['PORT']}/{db['NAME']}")
-    monkeypatch.setenv("DJANGO_SETTINGS_MODULE", "config.settings.test")
-
-
-@pytest.fixture
-def inputs(project, bob, roots, tiny_model):
+def inputs(project, bob, run_roots, tiny_model):
     """Return the project's base model (the tiny one) and a built sft snapshot."""
-    shutil.copytree(tiny_model, roots / "models" / "base")
+    shutil.copytree(tiny_model, run_roots / "models" / "base")
     base = model_register(project=project, name="base", kind="base",
-                          path=str(roots / "models" / "base"))
+                          path=str(run_roots / "models" / "base"))
     return base, demonstration_snapshot(project, bob, 8)
 
 
@@ -83,7 +62,7 @@ def test_the_bar_shows_the_newest_loss_or_reward():
 
 @pytest.mark.postgres
 @pytest.mark.django_db(transaction=True)
-def test_it_trains_a_run_here_and_registers_its_model(project, inputs, child_env):
+def test_it_trains_a_run_here_and_registers_its_model(project, inputs, child_database):
     base, snapshot = inputs
     out, err = StringIO(), StringIO()
     call_command("train", *_args(project, base, snapshot, *QUICK, "--seed", "3"),
@@ -102,7 +81,7 @@ def test_it_trains_a_run_here_and_registers_its_model(project, inputs, child_env
 
 @pytest.mark.postgres
 @pytest.mark.django_db(transaction=True)
-def test_a_failed_run_is_a_command_error_with_its_reason(project, inputs, child_env):
+def test_a_failed_run_is_a_command_error_with_its_reason(project, inputs, child_database):
     base, snapshot = inputs
     type(base).objects.filter(pk=base.pk).update(artifact_path="/nonexistent/model")
     with pytest.raises(CommandError) as error:
@@ -163,7 +142,7 @@ def test_a_bad_setting_is_a_command_error_naming_it(project, inputs, setting, na
     assert not TrainingRun.objects.filter(project=project).exists()
 
 
-def test_inputs_are_checked_by_the_service(project, inputs, charlie, roots, tiny_model):
+def test_inputs_are_checked_by_the_service(project, inputs, charlie, run_roots, tiny_model):
     from labeling.services.project import project_create
 
     base, snapshot = inputs
@@ -181,7 +160,7 @@ def test_inputs_are_checked_by_the_service(project, inputs, charlie, roots, tiny
 
 @pytest.mark.postgres
 @pytest.mark.django_db(transaction=True)
-def test_ctrl_c_cancels_the_run(project, inputs, child_env):
+def test_ctrl_c_cancels_the_run(project, inputs, child_database):
     base, snapshot = inputs
     # A terminal's Ctrl-C: SIGINT to the command's whole process group, trainer included.
     command = subprocess.Popen(
