@@ -191,9 +191,12 @@ def _response_logits(model: torch.nn.Module, input_ids: torch.Tensor,
                      attention_mask: torch.Tensor, position_ids: torch.Tensor,
                      query_width: int, temperature: float) -> torch.Tensor:
     """Return the logits [B, R, V] that predicted each response token."""
+    # Only the positions that predict the response go through the LM head: with a long
+    # prompt and a large vocabulary the full [B, T, V] logits would dominate memory.
+    keep = input_ids.shape[1] - query_width + 1
     logits = model(input_ids=input_ids, attention_mask=attention_mask,
-                   position_ids=position_ids, use_cache=False).logits
-    return logits[:, query_width - 1:-1].float() / temperature
+                   position_ids=position_ids, use_cache=False, logits_to_keep=keep).logits
+    return logits[:, :-1].float() / temperature
 
 
 def _token_logprobs(logits: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
