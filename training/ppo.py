@@ -223,6 +223,10 @@ class PPOTrainer:
         bf16 = config.use_bf16()
         self.accelerator = Accelerator(mixed_precision="bf16" if bf16 else "no",
                                        cpu=not torch.cuda.is_available())
+        if self.accelerator.num_processes > 1:
+            # The value model's per-token pass goes around the DDP wrapper (its backbone and
+            # head are called directly), so its gradients would not be averaged.
+            raise NotImplementedError("PPO runs in one process (one GPU) for now")
         transformers.set_seed(config.seed)
 
         self.tokenizer = _tokenizer(config.model_path)
