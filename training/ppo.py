@@ -56,6 +56,13 @@ from transformers import (
 
 from modelhub.ml.tiny import TRAINING_RECORD
 from training import ppo_math
+from training.checkpoints import (
+    fsync_path,
+    is_complete,
+    mark_complete,
+    read_marker,
+    write_atomically,
+)
 from training.datasets.formats import is_chat
 from training.ppo_config import PPOConfig
 from training.reward_trainer import (
@@ -69,7 +76,6 @@ from training.reward_trainer import (
 
 logger = logging.getLogger(__name__)
 
-STATE_FILE = "trainer_state.json"  # the completion marker of a checkpoint, written last
 # (prompts, response texts, response token ids) -> scores [B]: a reward in place of the
 # reward model (tests and experiments with a known reward).
 RewardFunction = Callable[[list[Prompt], list[str], list[list[int]]], torch.Tensor]
@@ -519,15 +525,14 @@ class PPOTrainer:
             self.tokenizer.save_pretrained(tmp / "policy")
             accelerator.unwrap_model(self.value).save_pretrained(tmp / "value")
             torch.save(self.optimizer.state_dict(), tmp / "optimizer.pt")
-            _fsync_tree(tmp)
             shutil.rmtree(final, ignore_errors=True)  # an incomplete one from a dead attempt
             os.replace(tmp, final)
-            _fsync(root)
-            state = {"global_step": step, "max_steps": self.config.max_steps,
+            fsync_path(root)
+            state = {"kind": "ppo", "step": step, "max_steps": self.config.max_steps,
                      "config": self.config.to_dict(), "log_history": self.log_history,
                      "best_metric": max((h["reward_mean"] for h in self.log_history),
                                         default=None)}
-            _write_atomically(final / STATE_FILE, orjson.dumps(state, option=orjson.OPT_INDENT_2))
+            mark_complete(final, state)  # flushed, then the marker, last
             self._rotate_checkpoints()
         accelerator.wait_for_everyone()
         return final
@@ -537,12 +542,12 @@ class PPOTrainer:
         if limit is None:
             return
         complete = sorted((p for p in self.config.checkpoint_dir.glob("checkpoint-*")
-                           if (p / STATE_FILE).exists()), key=lambda p: int(p.name.split("-")[1]))
+                           if is_complete(p)), key=lambda p: int(p.name.split("-")[1]))
         for old in complete[:-limit]:
             shutil.rmtree(old, ignore_errors=True)
 
     def _load_checkpoint(self, folder: Path) -> int:
-        state = orjson.loads((folder / STATE_FILE).read_bytes())
+        state = read_marker(folder)
         accelerator = self.accelerator
         policy = AutoModelForCausalLM.from_pretrained(folder / "policy")
         accelerator.unwrap_model(self.policy).load_state_dict(policy.state_dict())
@@ -551,7 +556,7 @@ class PPOTrainer:
         self.optimizer.load_state_dict(torch.load(folder / "optimizer.pt", weights_only=True,
                                                   map_location=accelerator.device))
         self.log_history = list(state.get("log_history", []))
-        self.state.global_step = int(state["global_step"])
+        self.state.global_step = int(state["step"])
         return self.state.global_step
 
     def save_policy(self, metrics: Mapping[str, Any]) -> Path:
@@ -575,7 +580,7 @@ class PPOTrainer:
                   "metrics": dict(metrics),
                   "versions": {"torch": torch.__version__,
                                "transformers": transformers.__version__}}
-        _write_atomically(out / TRAINING_RECORD, orjson.dumps(record,
+        write_atomically(out / TRAINING_RECORD, orjson.dumps(record,
                                                               option=orjson.OPT_INDENT_2))
         tmp.rmdir()
         return out
@@ -588,30 +593,6 @@ def _tokenizer(path: str) -> PreTrainedTokenizerBase:
             raise ValueError(f"{path}: the tokenizer has neither a pad nor an eos token")
         tokenizer.pad_token = tokenizer.eos_token
     return tokenizer
-
-
-def _fsync(path: Path) -> None:
-    descriptor = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(descriptor)
-    finally:
-        os.close(descriptor)
-
-
-def _fsync_tree(root: Path) -> None:
-    for path in sorted(root.rglob("*"), reverse=True):
-        _fsync(path)
-    _fsync(root)
-
-
-def _write_atomically(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "wb") as stream:
-        stream.write(data)
-        stream.flush()
-        os.fsync(stream.fileno())
-    os.replace(tmp, path)
-    _fsync(path.parent)
 
 
 def train_ppo(

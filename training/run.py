@@ -23,13 +23,6 @@ MODEL_KIND = {"sft": "sft", "reward": "reward", "ppo": "policy"}
 _LIBRARIES = ["torch", "transformers", "trl", "accelerate", "datasets", "Django"]
 
 
-def latest_checkpoint(directory: Path) -> Path | None:
-    """Return the newest complete checkpoint (trainer_state.json written last), if any."""
-    complete = [p for p in directory.glob("checkpoint-*")
-                if (p / "trainer_state.json").exists() and p.name.split("-")[-1].isdigit()]
-    return max(complete, key=lambda p: int(p.name.split("-")[-1]), default=None)
-
-
 def split_file(snapshot, split: str) -> str | None:
     """Return the JSONL file of a snapshot's split, or None when the snapshot has none."""
     files = snapshot.files
@@ -73,6 +66,7 @@ def main(argv=None) -> int:
 
     from modelhub.services.jobs import JobCancelled, JobContext, JobLost
     from modelhub.services.registry import model_register
+    from training.checkpoints import is_complete, latest_checkpoint, mark_complete
     from training.configs import config_for
     from training.models import TrainingRun
 
@@ -134,8 +128,14 @@ def main(argv=None) -> int:
                 metrics=[series[step] for step in sorted(series)])
 
         def on_save(self, arguments, state, control, **kwargs):
-            TrainingRun.objects.filter(pk=run.pk).update(
-                last_checkpoint=str(out / "checkpoints" / f"checkpoint-{state.global_step}"))
+            folder = out / "checkpoints" / f"checkpoint-{state.global_step}"
+            if not is_complete(folder):
+                # transformers' Trainer has written the checkpoint (trainer_state.json
+                # last); flushed to disk, it gets the marker that resuming looks for.
+                mark_complete(folder, {"kind": run.kind, "step": state.global_step,
+                                       "best_metric": state.best_metric,
+                                       "config": config.to_dict()})
+            TrainingRun.objects.filter(pk=run.pk).update(last_checkpoint=str(folder))
 
     module, function = TRAINERS[run.kind]
     train_function = getattr(importlib.import_module(module), function)

@@ -9,8 +9,8 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from modelhub.ml.tiny import TRAINING_RECORD, demo_prompts
+from training.checkpoints import MARKER, latest_checkpoint
 from training.ppo import (
-    STATE_FILE,
     PPOTrainer,
     load_prompts,
     load_ptx_texts,
@@ -20,7 +20,6 @@ from training.ppo import (
 )
 from training.ppo_config import PPOConfig
 from training.reward_trainer import BIAS_KEY, load_reward_model
-from training.run import latest_checkpoint
 
 PROMPTS = [p for p in demo_prompts() if isinstance(p, str)][:40]
 
@@ -96,10 +95,10 @@ def test_a_resumed_run_ends_where_an_uninterrupted_one_does(tiny_model, tmp_path
     part = config(tiny_model, tmp_path / "b", max_steps=2, save_steps=1)
     PPOTrainer(part, PROMPTS, reward_function=reward).train()
     checkpoints = part.checkpoint_dir
-    assert (checkpoints / "checkpoint-1" / STATE_FILE).exists()
+    assert (checkpoints / "checkpoint-1" / MARKER).exists()
     # A checkpoint that a dying attempt left half-written is not resumed from.
     shutil.copytree(checkpoints / "checkpoint-1", checkpoints / "checkpoint-3")
-    (checkpoints / "checkpoint-3" / STATE_FILE).unlink()
+    (checkpoints / "checkpoint-3" / MARKER).unlink()
     resume = latest_checkpoint(checkpoints)
     assert resume.name == "checkpoint-1"
 
@@ -120,8 +119,8 @@ def test_checkpoints_are_complete_and_rotated(tiny_model, tmp_path):
     kept = sorted(p.name for p in cfg.checkpoint_dir.iterdir())
     assert kept == ["checkpoint-3", "checkpoint-4"]
     folder = cfg.checkpoint_dir / "checkpoint-4"
-    state = orjson.loads((folder / STATE_FILE).read_bytes())
-    assert state["global_step"] == 4 and state["config"]["max_steps"] == 5
+    state = orjson.loads((folder / MARKER).read_bytes())
+    assert state["step"] == 4 and state["kind"] == "ppo" and state["config"]["max_steps"] == 5
     assert [h["step"] for h in state["log_history"]] == [1, 2, 3, 4]
     assert (folder / "policy" / "model.safetensors").exists()
     assert (folder / "value" / "model.safetensors").exists()

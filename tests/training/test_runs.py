@@ -9,6 +9,7 @@ import shutil
 import signal
 import threading
 import time
+from pathlib import Path
 
 import pytest
 from django.db import connection
@@ -23,6 +24,7 @@ from modelhub.services.jobs import job_cancel, job_run
 from modelhub.services.registry import model_register
 from tests.conftest import rank_items
 from tests.training.helpers import demonstration_snapshot
+from training.checkpoints import read_marker
 from training.models import TrainingRun
 from training.services.runs import RunError, run_cancel, run_create, run_resume
 from training.services.snapshots import snapshot_create
@@ -65,6 +67,10 @@ def test_an_sft_run_trains_in_a_child_process_and_registers_its_model(project, s
     assert [m.pk for m in model.lineage()] == [base.pk, model.pk]
     assert run.provenance["snapshot"] == snapshot.content_hash
     assert "transformers" in run.provenance["versions"]
+    # Checkpoints are marked complete, last, with what made them.
+    marker = read_marker(Path(run.last_checkpoint))
+    assert marker["kind"] == "sft" and marker["step"] == 6
+    assert marker["config"]["learning_rate"] == CONFIG["learning_rate"]
 
 
 def test_a_crash_in_the_child_fails_the_run_and_the_worker_lives_on(project, sft_inputs):
@@ -109,7 +115,7 @@ def test_a_run_resumes_from_its_last_complete_checkpoint(project, sft_inputs):
     os.makedirs(os.path.join(run.output_dir, "checkpoints"))
     os.rename(os.path.join(checkpoints, "checkpoint-4"),
               os.path.join(run.output_dir, "checkpoints", "checkpoint-4"))
-    # A half-written later checkpoint (no trainer_state.json) must be ignored.
+    # A half-written later checkpoint (no completion marker) must be ignored.
     os.makedirs(os.path.join(run.output_dir, "checkpoints", "checkpoint-5"))
     assert job_run(job_id=run.job_id, worker="w")
     run.refresh_from_db()
