@@ -142,16 +142,21 @@ class RunOutput(serializers.ModelSerializer):
         model = TrainingRun
         fields = ["id", "project", "kind", "status", "progress", "total", "attempts", "error",
                   "step", "max_steps", "snapshot", "parent", "reward_model", "sft_snapshot",
-                  "config", "seed", "last_checkpoint", "output_model", "created_at",
-                  "started_at", "finished_at"]
+                  "config", "seed", "last_checkpoint", "latest", "output_model",
+                  "created_at", "started_at", "finished_at"]
 
 
 class RunDetailOutput(RunOutput):
+    metrics = serializers.SerializerMethodField(
+        help_text='what the trainer logged, step by step: [{"step": n, "loss": x, ...}]')
     log = serializers.SerializerMethodField(help_text=f"the job log's last {LOG_TAIL} "
                                                       f"characters")
 
     class Meta(RunOutput.Meta):
         fields = [*RunOutput.Meta.fields, "metrics", "provenance", "output_dir", "log"]
+
+    def get_metrics(self, run) -> list[dict]:
+        return run.series()
 
     def get_log(self, run) -> str:
         return run.job.log[-LOG_TAIL:]

@@ -105,8 +105,9 @@ class TrainingRun(models.Model):
     # The validated config of the kind (training.sft_config / reward_config), as JSON.
     config = models.JSONField(default=dict)
     seed = models.PositiveIntegerField(default=0)
-    # [{"step": n, "loss": x, "eval_loss": y, ...}] as the trainer logged them.
-    metrics = models.JSONField(default=list, blank=True)
+    # The newest value of each figure the trainer logged ({"loss": x, "reward_mean": y});
+    # the whole series is in RunMetric, one row per step.
+    latest = models.JSONField(default=dict, blank=True)
     step = models.PositiveIntegerField(default=0)
     max_steps = models.PositiveIntegerField(default=0)
     output_dir = models.CharField(max_length=500, blank=True)
@@ -131,3 +132,27 @@ class TrainingRun(models.Model):
 
     def get_absolute_url(self):
         return reverse("training:run_detail", args=[self.pk])
+
+    def series(self) -> list[dict]:
+        """Return the logged figures step by step: [{"step": n, "loss": x, ...}]."""
+        rows = self.metric_rows.order_by("step").values_list("step", "values")
+        return [{"step": step, **values} for step, values in rows]
+
+
+class RunMetric(models.Model):
+    """What a run's trainer logged at one step (merged when it logged twice, as loss and
+    then evaluation), written as it goes: appending a step costs one row, however long
+    the run."""
+
+    run = models.ForeignKey(TrainingRun, on_delete=models.CASCADE, related_name="metric_rows")
+    step = models.PositiveIntegerField()
+    values = models.JSONField(default=dict)
+
+    class Meta:
+        ordering = ["run", "step"]
+        constraints = [
+            models.UniqueConstraint(fields=["run", "step"], name="runmetric_step_once"),
+        ]
+
+    def __str__(self):
+        return f"run {self.run_id} step {self.step}"

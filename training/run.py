@@ -69,6 +69,7 @@ def main(argv=None) -> int:
     from training.checkpoints import is_complete, latest_checkpoint, mark_complete
     from training.configs import config_for
     from training.models import TrainingRun
+    from training.services.runs import run_metrics_write
 
     run = TrainingRun.objects.select_related(
         "snapshot", "parent", "project", "job", "reward_model", "sft_snapshot").get(pk=args.run)
@@ -96,8 +97,10 @@ def main(argv=None) -> int:
 
     parent = os.getppid()
     context = JobContext(run.job, args.worker)
-    # The metrics series, kept here and written whole (read once: a resumed attempt goes on).
-    series = {m["step"]: m for m in run.metrics}
+    # What this run logged, by step (read once: a resumed attempt goes on), and the newest
+    # value of each figure.
+    series = {m.pop("step"): m for m in run.series()}
+    latest = dict(run.latest)
 
     class Progress(TrainerCallback):
         """Write the trainer's steps and logs to the run (and the job's progress bar)."""
@@ -120,12 +123,14 @@ def main(argv=None) -> int:
                                                          max_steps=state.max_steps)
 
         def on_log(self, arguments, state, control, logs=None, **kwargs):
-            # One entry per step: the logs of one step (loss, then eval, then the summary)
+            # One row per step: the logs of one step (loss, then eval, then the summary)
             # merge, and a resumed attempt's repeat of a step replaces the old values.
             entry = {k: v for k, v in (logs or {}).items() if isinstance(v, int | float)}
-            series.setdefault(state.global_step, {"step": state.global_step}).update(entry)
-            TrainingRun.objects.filter(pk=run.pk).update(
-                metrics=[series[step] for step in sorted(series)])
+            values = series.setdefault(state.global_step, {})
+            values.update(entry)
+            latest.update(entry)
+            run_metrics_write(run_id=run.pk, step=state.global_step, values=values,
+                              latest=latest)
 
         def on_save(self, arguments, state, control, **kwargs):
             folder = out / "checkpoints" / f"checkpoint-{state.global_step}"

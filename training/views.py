@@ -186,8 +186,8 @@ def _run_in_project(request, run_id, queryset=None):
 
 
 def _steps(run) -> list[dict]:
-    """Return the run's logged steps (a trainer writes dicts; anything else is skipped)."""
-    return [entry for entry in run.metrics if isinstance(entry, dict)]
+    """Return the run's logged steps."""
+    return run.series()
 
 
 def _number_text(value) -> str:
@@ -196,10 +196,6 @@ def _number_text(value) -> str:
     if isinstance(value, float):
         return f"{value:.4g}"
     return str(value)
-
-
-def _latest(steps: list[dict], key: str):
-    return next((entry[key] for entry in reversed(steps) if key in entry), None)
 
 
 def _run_chart(steps: list[dict], chart_id: str, title, keys: tuple[str, ...]) -> dict:
@@ -268,7 +264,7 @@ def run_list(request, project_id):
     project = membership.project
     runs = list(TrainingRun.objects.filter(project=project)
                 .select_related(*RUN_INPUTS)[:LIST_LENGTH])
-    rows = [(run, _number_text(_latest(_steps(run), "loss"))) for run in runs]
+    rows = [(run, _number_text(run.latest.get("loss"))) for run in runs]
     return _page_or_fragment(request, "training/run_list.html", "training/_run_rows.html", {
         "project": project, "rows": rows, "kinds": TrainingRun.Kind.choices,
         "any_active": any(run.job.is_active for run in runs),

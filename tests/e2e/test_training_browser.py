@@ -5,6 +5,7 @@ from playwright.sync_api import expect
 
 from modelhub.models import Job, ModelVersion
 from tests.e2e.conftest import TIMEOUT_MS, login
+from tests.training.helpers import log_metrics
 from training.models import DatasetSnapshot, TrainingRun
 
 pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True)]
@@ -26,8 +27,10 @@ def _running_sft_run(project) -> TrainingRun:
                              status=Job.Status.RUNNING, attempts=1, progress=10, total=50)
     metrics = [{"step": step, "loss": 2.0 / step} for step in range(1, 11)]
     metrics[4]["eval_loss"], metrics[9]["eval_loss"] = 0.9, 0.6
-    return TrainingRun.objects.create(project=project, job=job, kind="sft", snapshot=snapshot,
-                                      parent=base, metrics=metrics, step=10, max_steps=50)
+    run = TrainingRun.objects.create(project=project, job=job, kind="sft", snapshot=snapshot,
+                                     parent=base, step=10, max_steps=50)
+    log_metrics(run, metrics)
+    return run
 
 
 def test_the_run_page_draws_its_loss_chart_and_keeps_it_live(page, project):
@@ -46,8 +49,8 @@ def test_the_run_page_draws_its_loss_chart_and_keeps_it_live(page, project):
     page.click("#loss-chart-numbers summary")
     numbers = page.locator("#loss-chart-numbers")
     expect(numbers.locator("table")).to_be_visible()
-    run.metrics.append({"step": 11, "loss": 0.123})
-    TrainingRun.objects.filter(pk=run.pk).update(metrics=run.metrics, step=11)
+    log_metrics(run, [{"step": 11, "loss": 0.123}])
+    TrainingRun.objects.filter(pk=run.pk).update(step=11)
     expect(numbers).to_contain_text("0.123", timeout=POLL_WAIT_MS)
     expect(numbers).to_have_attribute("open", "")
     expect(page.locator(".run-steps")).to_have_text("step 11 of 50")

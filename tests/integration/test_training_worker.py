@@ -61,7 +61,7 @@ def test_a_killed_worker_s_run_resumes_from_its_last_checkpoint(start_worker, pr
     assert second.poll() is None
     assert run.job.status == Job.Status.SUCCEEDED, run.job.error
     assert run.job.attempts == 2 and run.step == 200
-    logged = sorted(m["step"] for m in run.metrics if "loss" in m)
+    logged = sorted(m["step"] for m in run.series() if "loss" in m)
     assert logged == list(range(1, 201))  # continuous: nothing lost, nothing twice
     assert "re-queued" in run.job.log
     assert run.output_model is not None and run.output_model.parent_id == base.pk

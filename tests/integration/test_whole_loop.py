@@ -127,10 +127,10 @@ def test_the_whole_loop_on_tiny_models(start_worker, run_roots, child_database, 
     policy = ppo_run.output_model
     assert policy.kind == "policy" and policy.parent_id == sft.pk
     assert [m.pk for m in policy.lineage()] == [base.pk, sft.pk, policy.pk]
-    assert [m["step"] for m in ppo_run.metrics] == [1, 2, 3]
+    assert [m["step"] for m in ppo_run.series()] == [1, 2, 3]
     for key in ("reward_mean", "kl", "entropy", "clipfrac", "value_loss", "ptx_loss",
                 "response_length"):
-        assert key in ppo_run.metrics[-1], key
+        assert key in ppo_run.series()[-1], key
     assert ppo_run.provenance["reward_model"] == reward_model.pk
     assert ppo_run.last_checkpoint.endswith("checkpoint-2")
     AutoModelForCausalLM.from_pretrained(policy.artifact_path)

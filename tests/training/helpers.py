@@ -21,3 +21,17 @@ def demonstration_snapshot(project, annotator, n: int):
     snapshot.refresh_from_db()
     assert snapshot.is_built, snapshot.job.error
     return snapshot
+
+
+def log_metrics(run, entries):
+    """Record logged figures for a run as its trainer process does (a step's logs merge)."""
+    from training.services.runs import run_metrics_write
+
+    by_step, latest = {m.pop("step"): m for m in run.series()}, dict(run.latest)
+    for entry in entries:
+        values = {k: v for k, v in entry.items() if k != "step"}
+        by_step.setdefault(entry["step"], {}).update(values)
+        latest.update(values)
+        run_metrics_write(run_id=run.pk, step=entry["step"], values=by_step[entry["step"]],
+                          latest=latest)
+    run.latest = latest

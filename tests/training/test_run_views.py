@@ -10,6 +10,7 @@ from django.test.utils import CaptureQueriesContext
 
 from labeling.charts import line_chart
 from modelhub.models import Job, ModelVersion
+from tests.training.helpers import log_metrics
 from training.configs import describe
 from training.models import DatasetSnapshot, TrainingRun
 from training.services.runs import run_create
@@ -143,9 +144,9 @@ def test_the_project_pages_link_to_the_runs(project, inputs, client, alice):
 def test_the_list_shows_progress_and_the_latest_loss_and_polls_while_active(
         project, inputs, client, erin):
     run = _run(project, inputs)
-    TrainingRun.objects.filter(pk=run.pk).update(
-        step=3, max_steps=10, metrics=[{"step": 1, "loss": 2.5}, {"step": 2, "loss": 1.25},
-                                       {"step": 2, "eval_loss": 1.5}])
+    TrainingRun.objects.filter(pk=run.pk).update(step=3, max_steps=10)
+    log_metrics(run, [{"step": 1, "loss": 2.5}, {"step": 2, "loss": 1.25},
+                      {"step": 2, "eval_loss": 1.5}])
     client.force_login(erin)
     url = f"/projects/{project.pk}/runs/"
     page = client.get(url).content.decode()
@@ -316,7 +317,8 @@ def test_the_run_page_draws_the_charts_of_a_reward_run(project, inputs, client, 
     metrics = [{"step": s, "loss": 1.0 - s / 40} for s in range(1, 31)]
     metrics[9] |= {"eval_loss": 0.8, "eval_accuracy": 0.625}
     metrics[19] |= {"eval_loss": 0.7, "eval_accuracy": 0.75}
-    TrainingRun.objects.filter(pk=run.pk).update(metrics=metrics, step=30, max_steps=60)
+    log_metrics(run, metrics)
+    TrainingRun.objects.filter(pk=run.pk).update(step=30, max_steps=60)
     client.force_login(alice)
     page = client.get(f"/runs/{run.pk}/").content.decode()
     loss = page[page.index('id="loss-chart"'):page.index('id="accuracy-chart"')]
@@ -341,7 +343,7 @@ def test_the_run_page_draws_the_charts_of_a_reward_run(project, inputs, client, 
 
 def test_the_run_page_of_a_ppo_run_charts_reward_and_kl(project, inputs, client, alice):
     run = _run(project, inputs, kind="ppo")
-    TrainingRun.objects.filter(pk=run.pk).update(metrics=[
+    log_metrics(run, [
         {"step": 1, "reward_mean": -0.5, "kl": 0.0, "entropy": 2.1, "clipfrac": 0.1},
         {"step": 2, "reward_mean": 0.25, "kl": 0.02, "entropy": 2.0, "ptx_loss": 3.5},
     ])
@@ -437,8 +439,9 @@ def test_hostile_names_errors_and_logs_are_escaped(project, inputs, client, alic
     run = _run(project, inputs)
     (tmp_path / "train.log").write_text(f"Traceback\n{HOSTILE}\n")
     TrainingRun.objects.filter(pk=run.pk).update(
-        output_dir=str(tmp_path), metrics=[{"step": 1, "loss": 1.0, HOSTILE: 2.0}],
+        output_dir=str(tmp_path),
         last_checkpoint=HOSTILE, provenance={"command": HOSTILE, "versions": {HOSTILE: HOSTILE}})
+    log_metrics(run, [{"step": 1, "loss": 1.0, HOSTILE: 2.0}])
     _finish(run, Job.Status.FAILED, error=HOSTILE, log=HOSTILE)
     client.force_login(alice)
     for url in (f"/projects/{project.pk}/runs/", f"/runs/{run.pk}/",

@@ -59,7 +59,7 @@ def test_an_sft_run_trains_in_a_child_process_and_registers_its_model(project, s
     run.refresh_from_db()
     assert run.job.status == Job.Status.SUCCEEDED, run.job.error
     assert run.step == 6 and run.max_steps == 6
-    losses = [m["loss"] for m in run.metrics if "loss" in m]
+    losses = [m["loss"] for m in run.series() if "loss" in m]
     assert len(losses) >= 5 and losses[-1] < losses[0]
     model = run.output_model
     assert model.kind == "sft" and model.parent_id == base.pk
@@ -121,7 +121,7 @@ def test_a_run_resumes_from_its_last_complete_checkpoint(project, sft_inputs):
     run.refresh_from_db()
     assert run.job.status == Job.Status.SUCCEEDED, run.job.error
     assert run.last_checkpoint.endswith("checkpoint-6") and run.step == 6
-    steps = [m["step"] for m in run.metrics if "loss" in m]
+    steps = [m["step"] for m in run.series() if "loss" in m]
     assert min(steps) == 5 and max(steps) == 6  # continued from 4, not from 0
 
 
@@ -193,7 +193,7 @@ def test_a_killed_trainer_fails_the_run_which_resumes_from_its_checkpoint(projec
     run.refresh_from_db()
     assert run.job.status == Job.Status.SUCCEEDED, run.job.error
     checkpoint = int(run.provenance.get("resumed_from", "checkpoint-0").split("-")[-1])
-    steps = [m["step"] for m in run.metrics if "loss" in m]
+    steps = [m["step"] for m in run.series() if "loss" in m]
     # Continuous: every step once, those after the checkpoint logged by the second attempt.
     assert steps == list(range(1, killed_at + 4))
     assert checkpoint >= 4 and checkpoint % 2 == 0
@@ -254,7 +254,7 @@ def test_a_cancelled_run_resumes_from_its_checkpoint(project, sft_inputs):
     run.refresh_from_db()
     assert run.job.status == Job.Status.SUCCEEDED, run.job.error
     assert run.step == stopped_at + 2 and run.output_model is not None
-    steps = [m["step"] for m in run.metrics if "loss" in m]
+    steps = [m["step"] for m in run.series() if "loss" in m]
     assert steps == sorted(set(steps)) and steps[0] == 1
     with pytest.raises(RunError, match="finished and registered"):
         run_resume(run=run)
@@ -284,4 +284,4 @@ def test_a_reward_run_trains_on_a_rankings_snapshot_and_registers_a_reward_model
     assert run.job.status == Job.Status.SUCCEEDED, run.job.error
     model = run.output_model
     assert model.kind == "reward" and model.parent_id == sft.pk and run.step == 4
-    assert any("loss" in m for m in run.metrics)
+    assert any("loss" in m for m in run.series())

@@ -8,7 +8,7 @@ from labeling.models import Role
 from labeling.services.project import membership_add, project_create
 from modelhub.models import Job
 from modelhub.services.registry import model_register
-from tests.training.helpers import demonstration_snapshot
+from tests.training.helpers import demonstration_snapshot, log_metrics
 from training.models import TrainingRun
 from training.services.runs import run_create
 from training.services.snapshots import snapshot_create
@@ -136,8 +136,9 @@ def test_the_detail_shows_progress_metrics_and_the_log_tail(project, base, demon
                                                             api, erin):
     run = _run(project, demonstrations, base)
     metrics = [{"step": 1, "loss": 2.5}, {"step": 2, "loss": 2.1, "eval_loss": 2.3}]
+    log_metrics(run, metrics)
     TrainingRun.objects.filter(pk=run.pk).update(
-        step=2, max_steps=4, metrics=metrics, last_checkpoint="/ckpt/checkpoint-2",
+        step=2, max_steps=4, last_checkpoint="/ckpt/checkpoint-2",
         provenance={"seed": 0})
     Job.objects.filter(pk=run.job_id).update(status=Job.Status.RUNNING, progress=2, total=4,
                                              attempts=1, log="x" * 5000 + "step 2\n")

@@ -21,7 +21,7 @@ from django.db import transaction
 from modelhub.models import Job, ModelVersion
 from modelhub.services.jobs import JobContext, job_cancel, job_create, job_handler, job_retry
 from training.configs import config_for
-from training.models import DatasetSnapshot, TrainingRun
+from training.models import DatasetSnapshot, RunMetric, TrainingRun
 
 POLL_SECONDS = 1.0
 TERMINATE_GRACE_SECONDS = 10.0
@@ -108,6 +108,16 @@ def run_resume(*, run: TrainingRun) -> TrainingRun:
                        f"{run.job.status} one")
     run.job.refresh_from_db()
     return run
+
+
+def run_metrics_write(*, run_id: int, step: int, values: dict, latest: dict) -> None:
+    """Record what the trainer logged at a step (replacing that step's row) and the newest
+    value of each figure; one row, not the whole series, however long the run."""
+    with transaction.atomic():
+        RunMetric.objects.bulk_create(
+            [RunMetric(run_id=run_id, step=step, values=values)], update_conflicts=True,
+            unique_fields=["run", "step"], update_fields=["values"])
+        TrainingRun.objects.filter(pk=run_id).update(latest=latest)
 
 
 def validate_config(kind: str, config: dict) -> None:

@@ -186,7 +186,7 @@ class Command(BaseCommand):
                     else:  # following another worker's run
                         time.sleep(POLL_SECONDS)
                     state = (TrainingRun.objects.select_related("job")
-                             .only("step", "max_steps", "metrics", "job__status",
+                             .only("step", "max_steps", "latest", "job__status",
                                    "job__lease_owner").get(pk=run.pk))
                     self._show(bar, state)
                     if thread.is_alive():
@@ -216,5 +216,5 @@ class Command(BaseCommand):
             bar.reset(total=state.max_steps)
             bar.initial = state.step
         bar.n = state.step
-        bar.set_postfix(latest_figures(state.metrics), refresh=False)
+        bar.set_postfix(latest_figures([state.latest]), refresh=False)
         bar.refresh()
