@@ -157,6 +157,25 @@ def test_it_resumes_from_a_checkpoint_and_continues_the_step_count(tmp_path, tin
     assert (out / CHECKPOINTS_DIR / "checkpoint-8").is_dir()
 
 
+def test_lora_trains_adapters_and_saves_them_merged(tmp_path, tiny_model, data):
+    base = load_file(tiny_model / "model.safetensors")
+    recorder = LogRecorder()
+    config = make_config(tiny_model, tmp_path / "out", use_lora=True, lora_r=8,
+                         lora_alpha=16.0, lora_dropout=0.0, lora_target_modules=["c_attn"],
+                         learning_rate=2e-2, eval_steps=None)
+    train_sft(config, data[False][0], callbacks=[recorder])
+    losses = recorder.losses()
+    assert losses[-1] < losses[0]
+    out = tmp_path / "out"
+    # The adapters are merged: a plain model, no adapter files, loadable as any other.
+    assert not (out / "adapter_config.json").exists()
+    assert inspect_checkpoint(out)["architecture"] == "GPT2LMHeadModel"
+    AutoModelForCausalLM.from_pretrained(out)
+    merged = load_file(out / "model.safetensors")
+    changed = {k for k in base if not torch.equal(base[k], merged[k])}
+    assert changed and all("c_attn" in k for k in changed), changed  # only adapted layers
+
+
 def test_lora_without_peft_raises_a_clear_error(tmp_path, tiny_model, data, monkeypatch):
     # None in sys.modules makes "import peft" fail, whether or not peft is installed.
     monkeypatch.setitem(sys.modules, "peft", None)
