@@ -86,14 +86,22 @@ def main(argv=None) -> int:
     config = config_for(run.kind, run.config, model_path=run.parent.artifact_path,
                         output_dir=str(out), **paths)
     resume = latest_checkpoint(out / "checkpoints")
-    TrainingRun.objects.filter(pk=run.pk).update(
+    # Under torch.distributed.run (one process per GPU) every process trains; only the
+    # first writes to the run, marks checkpoints and registers the model.
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    main_process = int(os.environ.get("RANK", "0")) == 0
+    command = f"python -m training.run {run.pk}"
+    if world_size > 1:
+        command = (f"python -m torch.distributed.run --standalone --nproc_per_node="
+                   f"{world_size} -m training.run {run.pk}")
+    TrainingRun.objects.filter(pk=run.pk if main_process else None).update(
         last_checkpoint=str(resume or ""),
         provenance={"snapshot": run.snapshot.content_hash, "parent": run.parent.pk,
                     "resumed_from": resume.name if resume else None,
                     "reward_model": run.reward_model_id,
                     "sft_snapshot": run.sft_snapshot.content_hash if run.sft_snapshot else None,
-                    "seed": run.seed, "versions": _versions(),
-                    "command": f"python -m training.run {run.pk}", "config": run.config})
+                    "seed": run.seed, "versions": _versions(), "processes": world_size,
+                    "command": command, "config": run.config})
 
     parent = os.getppid()
     context = JobContext(run.job, args.worker)
@@ -106,6 +114,8 @@ def main(argv=None) -> int:
         """Write the trainer's steps and logs to the run (and the job's progress bar)."""
 
         def on_step_end(self, arguments, state, control, **kwargs):
+            if not main_process:
+                return  # the first process stops the others if it must stop
             # The job's progress, through the job mechanism's own lease check: stop at once
             # if the worker that started this process died (this process was orphaned),
             # lost the job to another attempt, or the run was cancelled. Two trainers must
@@ -123,6 +133,8 @@ def main(argv=None) -> int:
                                                          max_steps=state.max_steps)
 
         def on_log(self, arguments, state, control, logs=None, **kwargs):
+            if not main_process:
+                return
             # One row per step: the logs of one step (loss, then eval, then the summary)
             # merge, and a resumed attempt's repeat of a step replaces the old values.
             entry = {k: v for k, v in (logs or {}).items() if isinstance(v, int | float)}
@@ -133,6 +145,8 @@ def main(argv=None) -> int:
                               latest=latest)
 
         def on_save(self, arguments, state, control, **kwargs):
+            if not main_process:
+                return
             folder = out / "checkpoints" / f"checkpoint-{state.global_step}"
             if not is_complete(folder):
                 # transformers' Trainer has written the checkpoint (trainer_state.json
@@ -146,6 +160,8 @@ def main(argv=None) -> int:
     train_function = getattr(importlib.import_module(module), function)
     metrics = train_function(config, train, valid, callbacks=[Progress()],
                              resume_from_checkpoint=str(resume) if resume else None, **extra)
+    if not main_process:
+        return 0
     with context.fenced():  # only while this attempt still holds the job
         model = model_register(
             project=run.project, name=f"{run.kind}-run-{run.pk}", kind=MODEL_KIND[run.kind],

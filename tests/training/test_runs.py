@@ -26,7 +26,13 @@ from tests.conftest import rank_items
 from tests.training.helpers import demonstration_snapshot
 from training.checkpoints import read_marker
 from training.models import TrainingRun
-from training.services.runs import RunError, run_cancel, run_create, run_resume
+from training.services.runs import (
+    RunError,
+    run_cancel,
+    run_create,
+    run_resume,
+    training_processes,
+)
 from training.services.snapshots import snapshot_create
 
 pytestmark = [pytest.mark.postgres, pytest.mark.django_db(transaction=True)]
@@ -285,3 +291,23 @@ def test_a_reward_run_trains_on_a_rankings_snapshot_and_registers_a_reward_model
     model = run.output_model
     assert model.kind == "reward" and model.parent_id == sft.pk and run.step == 4
     assert any("loss" in m for m in run.series())
+
+
+def test_an_sft_run_trains_in_two_processes_with_ddp(project, sft_inputs, settings):
+    # One process per GPU on a GPU node; here two CPU processes (gloo) stand in for them.
+    settings.TRAINING_PROCESSES = "2"
+    base, snapshot = sft_inputs
+    run = run_create(project=project, kind="sft", snapshot=snapshot, parent=base,
+                     config=CONFIG)
+    assert job_run(job_id=run.job_id, worker="w")
+    run.refresh_from_db()
+    assert run.job.status == Job.Status.SUCCEEDED, run.job.error
+    assert "torch.distributed.run --standalone --nproc_per_node=2" in run.job.log
+    assert run.provenance["processes"] == 2
+    assert run.step == 6 and [m["step"] for m in run.series() if "loss" in m] == list(
+        range(1, 7))
+    assert run.output_model is not None and read_marker(Path(run.last_checkpoint))["step"] == 6
+    settings.TRAINING_PROCESSES = "many"
+    with pytest.raises(RuntimeError, match="LAOSHI_TRAINING_PROCESSES"):
+        training_processes("sft")
+    assert training_processes("ppo") == 1

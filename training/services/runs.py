@@ -150,6 +150,23 @@ def _stop(child: subprocess.Popen) -> None:
         child.wait()
 
 
+def training_processes(kind: str) -> int:
+    """Return how many processes a run of this kind trains in on this worker."""
+    if kind == TrainingRun.Kind.PPO:
+        return 1  # training.ppo runs in one process
+    value = str(settings.TRAINING_PROCESSES).strip().lower()
+    if value == "auto":
+        import torch  # the gpu worker has it; web processes never get here
+
+        return max(1, torch.cuda.device_count())
+    try:
+        processes = int(value)
+    except ValueError:
+        raise RuntimeError(f"LAOSHI_TRAINING_PROCESSES must be 'auto' or a whole number, "
+                           f"not {value!r}") from None
+    return max(1, processes)
+
+
 @job_handler(Job.Kind.TRAINING)
 def training_run(context: JobContext) -> None:
     """Start the run's child process and supervise it until it ends."""
@@ -157,7 +174,13 @@ def training_run(context: JobContext) -> None:
     out = Path(run.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     log_path = out / "train.log"
+    processes = training_processes(run.kind)
     command = [sys.executable, "-m", "training.run", str(run.pk), "--worker", context.worker]
+    if processes > 1:
+        # One process per GPU: torch.distributed.run sets RANK/WORLD_SIZE, which
+        # transformers' Trainer reads for DDP; a SIGTERM to it reaches every process.
+        command[1:2] = ["-m", "torch.distributed.run", "--standalone",
+                        f"--nproc_per_node={processes}", "-m"]
     context.log(f"starting {' '.join(command)}")
     with log_path.open("ab") as log:
         child = subprocess.Popen(command, cwd=settings.BASE_DIR, stdout=log,
