@@ -236,13 +236,17 @@ class PPOTrainer:
         transformers.set_seed(config.seed)
 
         self.tokenizer = _tokenizer(config.model_path)
-        self.policy = AutoModelForCausalLM.from_pretrained(config.model_path)
-        self.reference = AutoModelForCausalLM.from_pretrained(config.model_path)
+        # Trained models keep float32 weights (autocast runs the maths in bf16 when on);
+        # the frozen ones are only read, in bf16 then: half the memory.
+        frozen = torch.bfloat16 if bf16 else torch.float32
+        self.policy = AutoModelForCausalLM.from_pretrained(config.model_path,
+                                                           dtype=torch.float32)
+        self.reference = AutoModelForCausalLM.from_pretrained(config.model_path, dtype=frozen)
         value_path = config.value_model_path or config.reward_model_path
         if not _same_vocabulary(self.tokenizer, _tokenizer(value_path)):
             raise ValueError(f"the value model ({value_path}) must share the policy's tokenizer: "
                              f"it reads the policy's tokens")
-        self.value = load_reward_model(value_path, self.tokenizer)
+        self.value = load_reward_model(value_path, self.tokenizer, dtype=torch.float32)
         if not isinstance(getattr(self.value, "score", None), torch.nn.Module):
             raise ValueError(f"the value model ({value_path}) needs a 'score' head to read "
                              f"a value at every token")
@@ -251,7 +255,7 @@ class PPOTrainer:
         if reward_function is None:
             self.reward_tokenizer = _tokenizer(config.reward_model_path)
             self.reward_model = load_reward_model(config.reward_model_path,
-                                                  self.reward_tokenizer)
+                                                  self.reward_tokenizer, dtype=frozen)
             self.reward_bias = float(getattr(self.reward_model.config, BIAS_KEY, 0.0) or 0.0)
             # The reward model reads the rendered text, cut on the left to what it holds.
             self.reward_length = config.max_prompt_length + config.response_length + 16

@@ -183,3 +183,24 @@ def test_the_response_ends_at_its_first_eos():
     assert response_mask(responses, [0]).tolist() == [
         [True, True, True, False, False], [True] * 5, [True, False, False, False, False]]
     assert response_mask(responses, [0, 9]).tolist()[1] == [True] * 5
+
+
+@pytest.fixture
+def fresh_accelerator_state():
+    """accelerate keeps one mixed-precision setting per process: start and end afresh."""
+    from accelerate.state import AcceleratorState
+
+    AcceleratorState._reset_state(True)
+    yield
+    AcceleratorState._reset_state(True)
+
+
+def test_bf16_runs_with_frozen_models_in_bf16(tiny_model, tmp_path, fresh_accelerator_state):
+    logs = []
+    cfg = config(tiny_model, tmp_path, max_steps=2, bf16=True)
+    trainer = PPOTrainer(cfg, PROMPTS, reward_function=count_reward, callbacks=[_Recorder(logs)])
+    assert trainer.reference.dtype == torch.bfloat16
+    assert trainer.accelerator.unwrap_model(trainer.policy).dtype == torch.float32
+    trainer.train()
+    assert [entry["step"] for entry in logs] == [1, 2]
+    assert all(torch.isfinite(torch.tensor(entry["kl"])) for entry in logs)
