@@ -184,13 +184,27 @@ def _seed_for(seed: int, step: int, process: int, purpose: int) -> int:
 
 # -- Models ---------------------------------------------------------------------------------
 
-def token_values(value_model: PreTrainedModel, input_ids: torch.Tensor,
-                 attention_mask: torch.Tensor, position_ids: torch.Tensor) -> torch.Tensor:
-    """Return the value head at every position [B, T] (float32)."""
-    backbone = getattr(value_model, value_model.base_model_prefix)
-    hidden = backbone(input_ids=input_ids, attention_mask=attention_mask,
-                      position_ids=position_ids, use_cache=False).last_hidden_state
-    return value_model.score(hidden).squeeze(-1).float()
+class TokenValues(torch.nn.Module):
+    """A sequence classifier's score head read at every position: the value model.
+
+    A module of its own so that the distributed wrapper sees (and averages the gradients
+    of) the pass that goes around the classifier's own forward.
+    """
+
+    def __init__(self, model: PreTrainedModel):
+        super().__init__()
+        if not isinstance(getattr(model, "score", None), torch.nn.Module):
+            raise ValueError("the value model needs a 'score' head to read a value at every "
+                             "token")
+        self.model = model
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                position_ids: torch.Tensor) -> torch.Tensor:
+        """Return the value at every position [B, T] (float32)."""
+        backbone = getattr(self.model, self.model.base_model_prefix)
+        hidden = backbone(input_ids=input_ids, attention_mask=attention_mask,
+                          position_ids=position_ids, use_cache=False).last_hidden_state
+        return self.model.score(hidden).squeeze(-1).float()
 
 
 def _response_logits(model: torch.nn.Module, input_ids: torch.Tensor,
@@ -229,10 +243,6 @@ class PPOTrainer:
         bf16 = config.use_bf16()
         self.accelerator = Accelerator(mixed_precision="bf16" if bf16 else "no",
                                        cpu=not torch.cuda.is_available())
-        if self.accelerator.num_processes > 1:
-            # The value model's per-token pass goes around the DDP wrapper (its backbone and
-            # head are called directly), so its gradients would not be averaged.
-            raise NotImplementedError("PPO runs in one process (one GPU) for now")
         transformers.set_seed(config.seed)
 
         self.tokenizer = _tokenizer(config.model_path)
@@ -246,10 +256,11 @@ class PPOTrainer:
         if not _same_vocabulary(self.tokenizer, _tokenizer(value_path)):
             raise ValueError(f"the value model ({value_path}) must share the policy's tokenizer: "
                              f"it reads the policy's tokens")
-        self.value = load_reward_model(value_path, self.tokenizer, dtype=torch.float32)
-        if not isinstance(getattr(self.value, "score", None), torch.nn.Module):
-            raise ValueError(f"the value model ({value_path}) needs a 'score' head to read "
-                             f"a value at every token")
+        try:
+            self.value = TokenValues(load_reward_model(value_path, self.tokenizer,
+                                                       dtype=torch.float32))
+        except ValueError as error:
+            raise ValueError(f"{value_path}: {error}") from None
         self.reward_model = self.reward_tokenizer = None
         self.reward_bias = 0.0
         if reward_function is None:
@@ -261,7 +272,7 @@ class PPOTrainer:
             self.reward_length = config.max_prompt_length + config.response_length + 16
             limit = getattr(self.reward_model.config, "max_position_embeddings", None)
             self.reward_length = min(self.reward_length, limit or self.reward_length)
-        for model in (self.policy, self.reference, self.value, self.reward_model):
+        for model in (self.policy, self.reference, self.value.model, self.reward_model):
             if model is not None:
                 _disable_dropout(model)  # ratios and values compare passes: no noise
         for model in (self.reference, self.reward_model):
@@ -269,7 +280,7 @@ class PPOTrainer:
                 model.requires_grad_(False).eval()
         if config.gradient_checkpointing:
             self.policy.gradient_checkpointing_enable()
-            self.value.gradient_checkpointing_enable()
+            self.value.model.gradient_checkpointing_enable()
 
         eos = self.policy.generation_config.eos_token_id
         eos = self.tokenizer.eos_token_id if eos is None else eos
@@ -348,8 +359,8 @@ class PPOTrainer:
                                           width, config.temperature)
             ref_logprobs = _token_logprobs(ref_logits, responses)
             del ref_logits
-            values = token_values(accelerator.unwrap_model(self.value), input_ids, attention,
-                                  positions)[:, width - 1:-1]
+            values = accelerator.unwrap_model(self.value)(input_ids, attention,
+                                                          positions)[:, width - 1:-1]
 
         id_lists = [row[m].tolist() for row, m in zip(responses.cpu(), mask.cpu(), strict=True)]
         texts = [t.strip() for t in self.tokenizer.batch_decode(id_lists,
@@ -398,6 +409,34 @@ class PPOTrainer:
         ids, attention = _right_pad(rows, self.tokenizer.pad_token_id)
         return ids.to(self.accelerator.device), attention.to(self.accelerator.device)
 
+    def _policy_pass(self, mb: Mapping[str, torch.Tensor], width: int,
+                     ptx: tuple[torch.Tensor, torch.Tensor] | None):
+        """Return the policy's response logits [B, R, V] and the ptx logits (or None).
+
+        With a pretraining-mix batch both go through the policy in one forward pass (the
+        rows padded on the right to one width), as the distributed wrapper expects one
+        forward per backward.
+        """
+        temperature = self.config.temperature
+        if ptx is None:
+            return _response_logits(self.policy, mb["input_ids"], mb["attention"],
+                                    mb["positions"], width, temperature), None
+        ids, attention = ptx
+        rows, total = mb["input_ids"].shape[0], max(mb["input_ids"].shape[1], ids.shape[1])
+
+        def widen(x: torch.Tensor, value: int) -> torch.Tensor:
+            return F.pad(x, (0, total - x.shape[1]), value=value)
+
+        pad = self.tokenizer.pad_token_id
+        logits = self.policy(
+            input_ids=torch.cat([widen(mb["input_ids"], pad), widen(ids, pad)]),
+            attention_mask=torch.cat([widen(mb["attention"], 0), widen(attention, 0)]),
+            position_ids=torch.cat([widen(mb["positions"], 0), widen(_positions(attention), 0)]),
+            use_cache=False).logits
+        end = mb["input_ids"].shape[1]
+        return (logits[:rows, width - 1:end - 1].float() / temperature,
+                logits[rows:, :ids.shape[1]])
+
     def update(self, step: int, batch: Mapping[str, Any]) -> dict[str, float]:
         """Run the PPO epochs over one rollout batch; return the mean statistics."""
         config, accelerator = self.config, self.accelerator
@@ -414,26 +453,23 @@ class PPOTrainer:
                 rows = order[start:start + config.mini_batch_prompts].to(accelerator.device)
                 mb = {k: v[rows] for k, v in batch.items() if isinstance(v, torch.Tensor)}
                 mask = mb["mask"]
+                ptx = self._ptx_batch(step, epoch * n + start)
                 with accelerator.autocast():
-                    logits = _response_logits(self.policy, mb["input_ids"], mb["attention"],
-                                              mb["positions"], width, config.temperature)
+                    logits, ptx_logits = self._policy_pass(mb, width, ptx)
                     logprobs = _token_logprobs(logits, mb["responses"])
                     entropy = ppo_math.entropy_from_logits(logits.detach(), mask)
                     del logits
                     pg_loss, pg_stats = ppo_math.policy_loss(
                         logprobs, mb["logprobs"], mb["advantages"], mask,
                         clip=config.cliprange)
-                    values = token_values(self.value, mb["input_ids"], mb["attention"],
-                                          mb["positions"])[:, width - 1:-1]
+                    values = self.value(mb["input_ids"], mb["attention"],
+                                        mb["positions"])[:, width - 1:-1]
                     vf_loss, vf_stats = ppo_math.value_loss(
                         values, mb["values"], mb["returns"], mask, clip=config.cliprange_value)
                     loss = pg_loss + config.vf_coef * vf_loss
-                    ptx = self._ptx_batch(step, epoch * n + start)
                     ptx_value = torch.zeros(())
                     if ptx is not None:
                         ids, attention = ptx
-                        ptx_logits = self.policy(input_ids=ids, attention_mask=attention,
-                                                 use_cache=False).logits
                         ptx_value = ppo_math.ptx_loss(ptx_logits, ids, attention)
                         loss = loss + config.ptx_coef * ptx_value
                 ppo_math.check_finite("the PPO loss", loss, step=step)
@@ -527,7 +563,7 @@ class PPOTrainer:
             shutil.rmtree(tmp, ignore_errors=True)
             accelerator.unwrap_model(self.policy).save_pretrained(tmp / "policy")
             self.tokenizer.save_pretrained(tmp / "policy")
-            accelerator.unwrap_model(self.value).save_pretrained(tmp / "value")
+            accelerator.unwrap_model(self.value).model.save_pretrained(tmp / "value")
             torch.save(self.optimizer.state_dict(), tmp / "optimizer.pt")
             shutil.rmtree(final, ignore_errors=True)  # an incomplete one from a dead attempt
             os.replace(tmp, final)
@@ -556,7 +592,7 @@ class PPOTrainer:
         policy = AutoModelForCausalLM.from_pretrained(folder / "policy")
         accelerator.unwrap_model(self.policy).load_state_dict(policy.state_dict())
         value = load_reward_model(str(folder / "value"), self.tokenizer)
-        accelerator.unwrap_model(self.value).load_state_dict(value.state_dict())
+        accelerator.unwrap_model(self.value).model.load_state_dict(value.state_dict())
         self.optimizer.load_state_dict(torch.load(folder / "optimizer.pt", weights_only=True,
                                                   map_location=accelerator.device))
         self.log_history = list(state.get("log_history", []))

@@ -213,8 +213,8 @@ JOB_RESEND_SECONDS = float(env("LAOSHI_JOB_RESEND_SECONDS", "600"))
 # Where registered models may live (register_model refuses other paths), and where the
 # built-in base model and trained models are written.
 MODEL_ROOT = Path(env("LAOSHI_MODEL_ROOT", str(VAR_DIR / "models")))
-# Processes per SFT or reward-model run, one per GPU, started by torch.distributed.run
-# (DDP): "auto" is the worker node's CUDA GPU count (1 without a GPU). PPO runs in one.
+# Processes per training run, one per GPU, started by torch.distributed.run (DDP):
+# "auto" is the worker node's CUDA GPU count (1 without a GPU).
 TRAINING_PROCESSES = env("LAOSHI_TRAINING_PROCESSES", "auto")
 # Dataset snapshots are written here, one directory each (training reads them).
 SNAPSHOT_ROOT = Path(env("LAOSHI_SNAPSHOT_ROOT", str(VAR_DIR / "snapshots")))

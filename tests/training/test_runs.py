@@ -310,4 +310,35 @@ def test_an_sft_run_trains_in_two_processes_with_ddp(project, sft_inputs, settin
     settings.TRAINING_PROCESSES = "many"
     with pytest.raises(RuntimeError, match="LAOSHI_TRAINING_PROCESSES"):
         training_processes("sft")
-    assert training_processes("ppo") == 1
+
+
+def test_a_ppo_run_trains_in_two_processes_with_ddp(project, sft_inputs, settings, child_env,
+                                                    tiny_model):
+    from transformers import AutoTokenizer
+
+    from training.reward_trainer import load_reward_model
+
+    settings.TRAINING_PROCESSES = "2"
+    base, demonstrations = sft_inputs
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model)
+    load_reward_model(str(tiny_model), tokenizer).save_pretrained(child_env / "models" / "rm")
+    tokenizer.save_pretrained(child_env / "models" / "rm")
+    reward = model_register(project=project, name="rm", kind="reward",
+                            path=str(child_env / "models" / "rm"))
+    prompts = snapshot_create(project=project, kind="prompts")
+    job_run(job_id=prompts.job_id, worker="w")
+    prompts.refresh_from_db()
+    run = run_create(project=project, kind="ppo", snapshot=prompts, parent=base,
+                     reward_model=reward, sft_snapshot=demonstrations, config={
+                         "max_steps": 3, "rollout_prompts": 4, "mini_batch_prompts": 2,
+                         "response_length": 8, "save_steps": 2, "ptx_batch_size": 2,
+                         "ptx_length": 32, "learning_rate": 1e-4})
+    assert job_run(job_id=run.job_id, worker="w")
+    run.refresh_from_db()
+    assert run.job.status == Job.Status.SUCCEEDED, run.job.error
+    assert run.provenance["processes"] == 2
+    assert [m["step"] for m in run.series()] == [1, 2, 3]
+    # Both processes' rollouts are in the figures: 2 x 4 responses per step.
+    assert all(m["episodes"] == step * 8 for step, m in enumerate(run.series(), start=1))
+    assert read_marker(Path(run.last_checkpoint))["step"] == 2
+    assert run.output_model.kind == "policy"

@@ -151,9 +151,8 @@ def _stop(child: subprocess.Popen) -> None:
 
 
 def training_processes(kind: str) -> int:
-    """Return how many processes a run of this kind trains in on this worker."""
-    if kind == TrainingRun.Kind.PPO:
-        return 1  # training.ppo runs in one process
+    """Return how many processes a run trains in on this worker (one per GPU)."""
+    del kind  # every kind: transformers' Trainer and training.ppo both run on DDP
     value = str(settings.TRAINING_PROCESSES).strip().lower()
     if value == "auto":
         import torch  # the gpu worker has it; web processes never get here
