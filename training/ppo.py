@@ -413,14 +413,20 @@ class PPOTrainer:
                      ptx: tuple[torch.Tensor, torch.Tensor] | None):
         """Return the policy's response logits [B, R, V] and the ptx logits (or None).
 
-        With a pretraining-mix batch both go through the policy in one forward pass (the
-        rows padded on the right to one width), as the distributed wrapper expects one
-        forward per backward.
+        In one process, two passes (the response positions only through the LM head).
+        Across processes, with a pretraining-mix batch, both go through the policy in one
+        forward pass (the rows padded on the right to one width), as the distributed
+        wrapper expects one forward per backward.
         """
         temperature = self.config.temperature
-        if ptx is None:
-            return _response_logits(self.policy, mb["input_ids"], mb["attention"],
-                                    mb["positions"], width, temperature), None
+        if ptx is None or self.accelerator.num_processes == 1:
+            logits = _response_logits(self.policy, mb["input_ids"], mb["attention"],
+                                      mb["positions"], width, temperature)
+            if ptx is None:
+                return logits, None
+            ids, attention = ptx
+            return logits, self.policy(input_ids=ids, attention_mask=attention,
+                                       use_cache=False).logits
         ids, attention = ptx
         rows, total = mb["input_ids"].shape[0], max(mb["input_ids"].shape[1], ids.shape[1])
 
