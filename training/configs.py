@@ -47,8 +47,8 @@ GROUPS: dict[str, dict[str, tuple[str, ...]]] = {
         "training": ("max_steps", "rollout_prompts", "mini_batch_prompts", "ppo_epochs",
                      "learning_rate", "value_learning_rate", "kl_coef", "ptx_coef",
                      "ptx_batch_size", "cliprange", "cliprange_value", "vf_coef", "gamma",
-                     "lam", "whiten_rewards", "max_grad_norm", "logging_steps", "save_steps",
-                     "save_total_limit", "seed"),
+                     "lam", "whiten_rewards", "max_grad_norm", "eval_steps", "eval_max_prompts",
+                     "logging_steps", "save_steps", "save_total_limit", "seed"),
     },
 }
 

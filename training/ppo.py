@@ -233,9 +233,11 @@ class PPOTrainer:
     def __init__(self, config: PPOConfig, prompts: Sequence[Prompt], *,
                  ptx_texts: Sequence[str] | None = None,
                  reward_function: RewardFunction | None = None,
-                 callbacks: Sequence[TrainerCallback] | None = None):
+                 callbacks: Sequence[TrainerCallback] | None = None,
+                 eval_prompts: Sequence[Prompt] | None = None):
         self.config = config
         self.prompts = list(prompts)
+        self.eval_prompts = list(eval_prompts or [])
         if not self.prompts:
             raise ValueError("PPO needs prompts")
         self.callbacks = list(callbacks or [])
@@ -329,13 +331,34 @@ class PPOTrainer:
         rng = random.Random(_seed_for(config.seed, step, accelerator.process_index, 0))
         prompts = [self.prompts[rng.randrange(len(self.prompts))]
                    for _ in range(config.rollout_prompts)]
+        batch = self._sample(prompts, _seed_for(config.seed, step, accelerator.process_index, 1),
+                             step)
+        mask, width = batch["mask"], batch["width"]
+        with accelerator.autocast():
+            values = accelerator.unwrap_model(self.value)(
+                batch["input_ids"], batch["attention"], batch["positions"])[:, width - 1:-1]
+        rewards = ppo_math.shaped_rewards(batch["scores"], batch["logprobs"],
+                                          batch.pop("ref_logprobs"), mask, beta=config.kl_coef)
+        if config.whiten_rewards:
+            rewards = ppo_math.whiten(rewards, mask, shift_mean=False)
+        advantages, returns = ppo_math.gae(rewards, values, mask, gamma=config.gamma,
+                                           lam=config.lam)
+        batch.update(values=values, advantages=ppo_math.whiten(advantages, mask),
+                     returns=returns)
+        return batch
+
+    @torch.no_grad()
+    def _sample(self, prompts: list[Prompt], seed: int, step: int) -> dict[str, Any]:
+        """Sample one response per prompt; return tokens, log-probs (policy and reference),
+        scores less the bias, KL per response, lengths and texts."""
+        config, accelerator = self.config, self.accelerator
         pad = self.tokenizer.pad_token_id
         queries, query_attention = _left_pad(
             [prompt_ids(self.tokenizer, p, self.prompt_limit) for p in prompts], pad)
         device = accelerator.device
         queries, query_attention = queries.to(device), query_attention.to(device)
         policy = accelerator.unwrap_model(self.policy)
-        torch.manual_seed(_seed_for(config.seed, step, accelerator.process_index, 1))
+        torch.manual_seed(seed)
         with accelerator.autocast():
             output = policy.generate(
                 input_ids=queries, attention_mask=query_attention, do_sample=True,
@@ -359,8 +382,6 @@ class PPOTrainer:
                                           width, config.temperature)
             ref_logprobs = _token_logprobs(ref_logits, responses)
             del ref_logits
-            values = accelerator.unwrap_model(self.value)(input_ids, attention,
-                                                          positions)[:, width - 1:-1]
 
         id_lists = [row[m].tolist() for row, m in zip(responses.cpu(), mask.cpu(), strict=True)]
         texts = [t.strip() for t in self.tokenizer.batch_decode(id_lists,
@@ -372,22 +393,34 @@ class PPOTrainer:
         ppo_math.check_finite("the reward model's score", scores, step=step)
         ppo_math.check_finite("the policy's log-probabilities",
                               torch.where(mask, logprobs, 0.0), step=step)
-
-        rewards = ppo_math.shaped_rewards(scores, logprobs, ref_logprobs, mask,
-                                          beta=config.kl_coef)
-        if config.whiten_rewards:
-            rewards = ppo_math.whiten(rewards, mask, shift_mean=False)
-        advantages, returns = ppo_math.gae(rewards, values, mask, gamma=config.gamma,
-                                           lam=config.lam)
-        advantages = ppo_math.whiten(advantages, mask)
         kl = ppo_math.per_token_kl(logprobs, ref_logprobs, mask).sum(dim=1)
         return {
             "input_ids": input_ids, "attention": attention, "positions": positions,
             "responses": responses, "mask": mask, "width": width, "logprobs": logprobs,
-            "values": values, "advantages": advantages, "returns": returns,
-            "scores": scores, "kl": kl, "lengths": mask.sum(dim=1).float(),
-            "ended": ended.float(), "texts": texts,
+            "ref_logprobs": ref_logprobs, "scores": scores, "kl": kl,
+            "lengths": mask.sum(dim=1).float(), "ended": ended.float(), "texts": texts,
         }
+
+    def evaluate(self, step: int) -> dict[str, float]:
+        """Score the policy's responses to the held-out prompts: the same prompts and the
+        same sampling seeds at every evaluation, so that the figures compare across steps."""
+        config, accelerator = self.config, self.accelerator
+        prompts = self.eval_prompts[:config.eval_max_prompts]
+        # Every process takes as many prompts (wrapping round), so all gather alike.
+        share = -(-len(prompts) // accelerator.num_processes)
+        mine = [prompts[(accelerator.process_index * share + i) % len(prompts)]
+                for i in range(share)]
+        gathered: dict[str, list[torch.Tensor]] = {"scores": [], "kl": [], "lengths": []}
+        for chunk, start in enumerate(range(0, share, config.rollout_prompts)):
+            seed = _seed_for(config.seed, 0, accelerator.process_index, 1_000 + chunk)
+            batch = self._sample(mine[start:start + config.rollout_prompts], seed, step)
+            for key, values in gathered.items():
+                values.append(accelerator.gather(batch[key]).float())
+        scores = torch.cat(gathered["scores"])
+        return {"eval_reward_mean": scores.mean().item(),
+                "eval_reward_std": scores.std().item() if scores.numel() > 1 else 0.0,
+                "eval_kl": torch.cat(gathered["kl"]).mean().item(),
+                "eval_response_length": torch.cat(gathered["lengths"]).mean().item()}
 
     def _scores(self, prompts: list[Prompt], texts: list[str],
                 id_lists: list[list[int]]) -> torch.Tensor:
@@ -531,6 +564,9 @@ class PPOTrainer:
         last: dict[str, float] = {}
         for step in range(start + 1, config.max_steps + 1):
             figures = self.step(step)
+            if self.eval_prompts and (step == config.max_steps or (
+                    config.eval_steps and step % config.eval_steps == 0)):
+                figures.update(self.evaluate(step))
             self.state.global_step = step
             self.state.epoch = step * config.rollout_prompts / len(self.prompts)
             last = figures
@@ -550,7 +586,8 @@ class PPOTrainer:
                     callback.on_save(config, self.state, self.control)
         runtime = time.perf_counter() - began
         metrics = {k: v for k, v in last.items() if k in (
-            "reward_mean", "reward_std", "kl", "entropy", "response_length", "ptx_loss")}
+            "reward_mean", "reward_std", "kl", "entropy", "response_length", "ptx_loss",
+            "eval_reward_mean", "eval_reward_std", "eval_kl", "eval_response_length")}
         metrics.update(global_step=self.state.global_step, train_runtime=runtime,
                        reward_bias=self.reward_bias, model_dir=str(config.output_dir))
         self.save_policy(metrics)
@@ -644,7 +681,7 @@ def _tokenizer(path: str) -> PreTrainedTokenizerBase:
 def train_ppo(
     config: PPOConfig,
     prompts: str | os.PathLike | Iterable[Mapping[str, Any]],
-    valid: Any = None,
+    valid: str | os.PathLike | Iterable[Mapping[str, Any]] | None = None,
     *,
     callbacks: list[TrainerCallback] | None = None,
     resume_from_checkpoint: str | None = None,
@@ -652,12 +689,13 @@ def train_ppo(
 ) -> dict[str, Any]:
     """Run PPO-ptx on a prompts snapshot (JSONL path or rows); save and return metrics.
 
-    ``valid`` is unused (the signature of the other trainers, for ``training.run``).
-    ``resume_from_checkpoint``: a complete checkpoint folder. ``reward_function`` replaces
-    the reward model (its bias then 0).
+    ``valid``: held-out prompts (the snapshot's valid split) whose responses are scored
+    every ``config.eval_steps`` steps and at the end. ``resume_from_checkpoint``: a
+    complete checkpoint folder. ``reward_function`` replaces the reward model (its bias
+    then 0).
     """
-    del valid
     trainer = PPOTrainer(config, load_prompts(prompts), reward_function=reward_function,
-                         callbacks=callbacks)
+                         callbacks=callbacks,
+                         eval_prompts=load_prompts(valid) if valid is not None else None)
     return trainer.train(resume_from_checkpoint=resume_from_checkpoint)
 

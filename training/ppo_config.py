@@ -105,6 +105,12 @@ class PPOConfig:
         "Whiten the shaped rewards over each rollout batch before GAE."))
     max_grad_norm: float = field(default=1.0, metadata=_help(
         "Clip each model's gradient to this norm; 0 turns clipping off."))
+    eval_steps: int | None = field(default=None, metadata=_help(
+        "Score the policy's responses to the held-out prompts (the snapshot's valid "
+        "split) every this many steps; None: at the end only. The same prompts and "
+        "sampling seeds each time, so the held-out reward compares across steps."))
+    eval_max_prompts: int = field(default=64, metadata=_help(
+        "At most this many held-out prompts per evaluation."))
     logging_steps: int = field(default=1, metadata=_help(
         "Log the PPO figures every this many steps."))
     save_steps: int = field(default=50, metadata=_help(
@@ -122,12 +128,14 @@ class PPOConfig:
                 raise ValueError(f"{name} must be a non-empty path")
         for name in ("max_prompt_length", "response_length", "ptx_length", "max_steps",
                      "rollout_prompts", "mini_batch_prompts", "ppo_epochs", "ptx_batch_size",
-                     "logging_steps", "save_steps"):
+                     "logging_steps", "save_steps", "eval_max_prompts"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1, not {getattr(self, name)}")
         if self.rollout_prompts % self.mini_batch_prompts:
             raise ValueError(f"mini_batch_prompts ({self.mini_batch_prompts}) must divide "
                              f"rollout_prompts ({self.rollout_prompts})")
+        if self.eval_steps is not None and self.eval_steps < 1:
+            raise ValueError(f"eval_steps must be at least 1 or None, not {self.eval_steps}")
         if self.save_total_limit is not None and self.save_total_limit < 1:
             raise ValueError(f"save_total_limit must be at least 1 or None, "
                              f"not {self.save_total_limit}")

@@ -165,7 +165,7 @@ CHARTS = (
     ("accuracy-chart", gettext_lazy("Held-out accuracy: the preferred response scored higher"),
      ("eval_accuracy",), ("reward",)),
     ("reward-chart", gettext_lazy("Mean reward of the policy's responses"),
-     ("reward_mean",), ("ppo",)),
+     ("reward_mean", "eval_reward_mean"), ("ppo",)),
     ("kl-chart", gettext_lazy("KL divergence of the policy from the SFT model"),
      ("kl",), ("ppo",)),
 )
@@ -174,6 +174,7 @@ METRIC_LABELS = {
     "eval_loss": gettext_lazy("validation loss"),
     "eval_accuracy": gettext_lazy("held-out accuracy"),
     "reward_mean": gettext_lazy("mean reward"),
+    "eval_reward_mean": gettext_lazy("held-out mean reward"),
     "kl": gettext_lazy("KL"),
 }
 

@@ -204,3 +204,21 @@ def test_bf16_runs_with_frozen_models_in_bf16(tiny_model, tmp_path, fresh_accele
     trainer.train()
     assert [entry["step"] for entry in logs] == [1, 2]
     assert all(torch.isfinite(torch.tensor(entry["kl"])) for entry in logs)
+
+
+def test_held_out_prompts_are_scored_at_eval_steps_and_at_the_end(tiny_model, tmp_path):
+    logs = []
+    cfg = config(tiny_model, tmp_path, max_steps=3, eval_steps=2, eval_max_prompts=5)
+    held_out = [p for p in demo_prompts() if isinstance(p, str)][40:50]
+    trainer = PPOTrainer(cfg, PROMPTS, reward_function=count_reward,
+                         callbacks=[_Recorder(logs)], eval_prompts=held_out)
+    metrics = trainer.train()
+    evaluated = [entry["step"] for entry in logs if "eval_reward_mean" in entry]
+    assert evaluated == [2, 3]
+    for key in ("eval_reward_std", "eval_kl", "eval_response_length"):
+        assert key in logs[-1]
+    assert metrics["eval_reward_mean"] == pytest.approx(logs[-1]["eval_reward_mean"])
+    # The same prompts and seeds each time: the untrained policy scores the same twice.
+    first = PPOTrainer(config(tiny_model, tmp_path / "again", eval_max_prompts=5), PROMPTS,
+                       reward_function=count_reward, eval_prompts=held_out)
+    assert first.evaluate(1) == first.evaluate(2)
