@@ -8,14 +8,13 @@ object first, then checks the caller's membership in the object's project.
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.db.models import Q
-from django.shortcuts import get_object_or_404, redirect, render
-from django.utils.cache import patch_vary_headers
+from django.shortcuts import redirect, render
 from django.utils.http import url_has_allowed_host_and_scheme
 from django.utils.translation import gettext as _
 from django.views.decorators.http import require_POST
 
-from labeling import selectors
 from labeling.charts import bar_chart
+from labeling.pages import data_membership, in_project, page_or_fragment
 from modelhub.forms import EvaluationForm, GenerationForm, ModelRegisterForm, SamplerFormSet
 from modelhub.models import Evaluation, GenerationJob, Job, ModelVersion
 from modelhub.services import jobs as job_services
@@ -25,26 +24,6 @@ from modelhub.services.registry import RegistrationError, model_register
 
 LOG_TAIL_LINES = 40
 LIST_LENGTH = 50
-
-
-def _data_membership(request, project_id):
-    return selectors.membership_get(
-        user=request.user, project_id=project_id, roles=selectors.DATA_ROLES
-    )
-
-
-def _in_project(request, queryset, **lookup):
-    """Return the object (404 if missing) once the caller is a lead or engineer of its project."""
-    obj = get_object_or_404(queryset, **lookup)
-    membership = _data_membership(request, obj.project_id)
-    return obj, membership
-
-
-def _page_or_fragment(request, page, fragment, context):
-    response = render(request, fragment if request.htmx else page, context)
-    # The same URL answers with a whole page or a fragment: caches must keep both apart.
-    patch_vary_headers(response, ("HX-Request",))
-    return response
 
 
 def humanise_count(count: int) -> str:
@@ -70,7 +49,7 @@ def _sampler_rows(generation, models) -> list[dict]:
 
 @login_required
 def model_list(request, project_id):
-    membership = _data_membership(request, project_id)
+    membership = data_membership(request, project_id)
     project = membership.project
     form = ModelRegisterForm(request.POST or None, project=project)
     if request.method == "POST" and form.is_valid():
@@ -94,7 +73,7 @@ def model_list(request, project_id):
 
 @login_required
 def model_detail(request, model_id):
-    model, membership = _in_project(
+    model, membership = in_project(
         request, ModelVersion.objects.select_related("parent", "created_by"), pk=model_id
     )
     # Samplers are JSON: a containment lookup works on PostgreSQL only, so the newest 200
@@ -129,7 +108,7 @@ def model_detail(request, model_id):
 
 @login_required
 def generation_list(request, project_id):
-    membership = _data_membership(request, project_id)
+    membership = data_membership(request, project_id)
     project = membership.project
     form = GenerationForm(request.POST or None)
     samplers = SamplerFormSet(request.POST or None, prefix="sampler",
@@ -150,7 +129,7 @@ def generation_list(request, project_id):
                        .select_related("job__created_by").order_by("-job_id")[:LIST_LENGTH])
     models = _model_names(generations)
     rows = [(generation, _sampler_rows(generation, models)) for generation in generations]
-    return _page_or_fragment(request, "modelhub/generation_list.html",
+    return page_or_fragment(request, "modelhub/generation_list.html",
                              "modelhub/_generation_rows.html", {
                                  "project": project, "form": form, "samplers": samplers,
                                  "rows": rows,
@@ -169,11 +148,11 @@ def _log_tail(job: Job) -> str:
 
 @login_required
 def generation_detail(request, job_id):
-    generation, membership = _in_project(
+    generation, membership = in_project(
         request, GenerationJob.objects.select_related("job__created_by"), job_id=job_id
     )
     evaluation = Evaluation.objects.filter(generation=generation).first()
-    return _page_or_fragment(request, "modelhub/generation_detail.html",
+    return page_or_fragment(request, "modelhub/generation_detail.html",
                              "modelhub/_generation_live.html", {
                                  "project": membership.project,
                                  "generation": generation,
@@ -189,7 +168,7 @@ def generation_detail(request, job_id):
 @login_required
 @require_POST
 def job_cancel(request, job_id):
-    job, _membership = _in_project(request, Job.objects.all(), pk=job_id)
+    job, _membership = in_project(request, Job.objects.all(), pk=job_id)
     job = job_services.job_cancel(job=job)
     if job.status == Job.Status.CANCELLED:
         messages.info(request, _("Job cancelled."))
@@ -216,7 +195,7 @@ def job_cancel(request, job_id):
 
 @login_required
 def evaluation_list(request, project_id):
-    membership = _data_membership(request, project_id)
+    membership = data_membership(request, project_id)
     project = membership.project
     form = EvaluationForm(request.POST or None, project=project)
     if request.method == "POST" and form.is_valid():
@@ -234,7 +213,7 @@ def evaluation_list(request, project_id):
             return redirect(evaluation)
     evaluations = list(Evaluation.objects.filter(project=project)
                        .select_related("model_a", "model_b", "generation__job")[:LIST_LENGTH])
-    return _page_or_fragment(request, "modelhub/evaluation_list.html",
+    return page_or_fragment(request, "modelhub/evaluation_list.html",
                              "modelhub/_evaluation_rows.html", {
                                  "project": project, "form": form,
                                  "evaluations": evaluations,
@@ -245,7 +224,7 @@ def evaluation_list(request, project_id):
 
 @login_required
 def evaluation_detail(request, evaluation_id):
-    evaluation, membership = _in_project(
+    evaluation, membership = in_project(
         request,
         Evaluation.objects.select_related("model_a", "model_b", "generation__job"),
         pk=evaluation_id,
@@ -261,5 +240,5 @@ def evaluation_detail(request, evaluation_id):
                 [(evaluation.model_a.name, rate), (evaluation.model_b.name, round(1 - rate, 3))],
                 top=1, reference=0.5, height=140,
             )
-    return _page_or_fragment(request, "modelhub/evaluation_detail.html",
+    return page_or_fragment(request, "modelhub/evaluation_detail.html",
                              "modelhub/_evaluation_live.html", context)

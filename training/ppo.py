@@ -25,8 +25,8 @@ the policy's token ids, so it must share the policy's tokenizer; the reward mode
 text and may have its own.
 
 Checkpoints hold the policy, the value model, the optimizer and the step: written to a
-temporary folder, fsynced, renamed, and completed by ``trainer_state.json``, written
-last (``training.run.latest_checkpoint`` only takes folders that have it). NaN or Inf
+temporary folder, renamed, flushed and completed by the marker of
+``training.checkpoints``, written last (resuming only takes marked folders). NaN or Inf
 in a score, a log-probability or a loss stops the run with an error naming it.
 """
 
@@ -46,7 +46,6 @@ import transformers
 from accelerate import Accelerator
 from transformers import (
     AutoModelForCausalLM,
-    AutoTokenizer,
     PreTrainedModel,
     PreTrainedTokenizerBase,
     TrainerCallback,
@@ -54,6 +53,7 @@ from transformers import (
     TrainerState,
 )
 
+from modelhub.ml.generation import pad_rows, until_first_eos
 from modelhub.ml.tiny import TRAINING_RECORD
 from training import ppo_math
 from training.checkpoints import (
@@ -69,7 +69,10 @@ from training.reward_trainer import (
     BIAS_KEY,
     Prompt,
     _disable_dropout,
+    demonstration_pairs,
     load_reward_model,
+    load_tokenizer,
+    read_rows,
     render,
     score_responses,
 )
@@ -83,17 +86,10 @@ RewardFunction = Callable[[list[Prompt], list[str], list[list[int]]], torch.Tens
 
 # -- Data -----------------------------------------------------------------------------------
 
-def _read_jsonl(source: str | os.PathLike | Iterable[Mapping[str, Any]]) -> list[Mapping]:
-    if isinstance(source, str | os.PathLike):
-        with open(source, "rb") as stream:
-            return [orjson.loads(line) for line in stream if line.strip()]
-    return list(source)
-
-
 def load_prompts(source: str | os.PathLike | Iterable[Mapping[str, Any]]) -> list[Prompt]:
     """Return the prompts of a prompts snapshot (rows with a "prompt": text or chat)."""
     prompts = []
-    for number, row in enumerate(_read_jsonl(source), start=1):
+    for number, row in enumerate(read_rows(source), start=1):
         prompt = row.get("prompt") if isinstance(row, Mapping) else None
         if isinstance(prompt, str) and prompt.strip():
             prompts.append(prompt)
@@ -111,16 +107,15 @@ def load_ptx_texts(source: str | os.PathLike | Iterable[Mapping[str, Any]],
                    tokenizer: PreTrainedTokenizerBase) -> list[str]:
     """Return the pretraining-mix texts: {"text"} rows, or SFT rows rendered as in SFT."""
     texts = []
-    for number, row in enumerate(_read_jsonl(source), start=1):
+    for number, row in enumerate(read_rows(source), start=1):
         if isinstance(row.get("text"), str):
             texts.append(row["text"])
             continue
-        prompt, completion = row.get("prompt"), row.get("completion")
-        if isinstance(completion, list):  # conversational: [assistant message]
-            completion = "".join(m.get("content", "") for m in completion)
-        if not isinstance(completion, str) or not (isinstance(prompt, str) or is_chat(prompt)):
+        try:
+            [(prompt, completion)] = demonstration_pairs([row])
+        except (ValueError, KeyError, TypeError):
             raise ValueError(f"pretraining-mix row {number}: needs 'text', or 'prompt' and "
-                             f"'completion'")
+                             f"'completion'") from None
         texts.append(render(tokenizer, prompt, completion)[0])
     texts = [t for t in texts if t.strip()]
     if not texts:
@@ -142,35 +137,6 @@ def prompt_ids(tokenizer: PreTrainedTokenizerBase, prompt: Prompt, max_length: i
         start = tokenizer.bos_token_id
         ids = [start if start is not None else tokenizer.eos_token_id]
     return ids[-max_length:]  # the end holds the question and the generation prompt
-
-
-def _left_pad(rows: Sequence[list[int]], pad: int) -> tuple[torch.Tensor, torch.Tensor]:
-    width = max(len(r) for r in rows)
-    ids = torch.full((len(rows), width), pad, dtype=torch.long)
-    attention = torch.zeros((len(rows), width), dtype=torch.long)
-    for i, r in enumerate(rows):
-        ids[i, width - len(r):] = torch.tensor(r)
-        attention[i, width - len(r):] = 1
-    return ids, attention
-
-
-def _right_pad(rows: Sequence[list[int]], pad: int) -> tuple[torch.Tensor, torch.Tensor]:
-    width = max(len(r) for r in rows)
-    ids = torch.full((len(rows), width), pad, dtype=torch.long)
-    attention = torch.zeros((len(rows), width), dtype=torch.long)
-    for i, r in enumerate(rows):
-        ids[i, :len(r)] = torch.tensor(r)
-        attention[i, :len(r)] = 1
-    return ids, attention
-
-
-def response_mask(responses: torch.Tensor, eos_ids: Sequence[int]) -> torch.Tensor:
-    """Return [B, R] True on the real tokens: up to and including each row's first eos."""
-    if not eos_ids:
-        return torch.ones_like(responses, dtype=torch.bool)
-    is_eos = torch.isin(responses, torch.tensor(list(eos_ids), device=responses.device)).long()
-    ended_before = (is_eos.cumsum(dim=1) - is_eos) > 0
-    return ~ended_before
 
 
 def _positions(attention: torch.Tensor) -> torch.Tensor:
@@ -247,7 +213,7 @@ class PPOTrainer:
                                        cpu=not torch.cuda.is_available())
         transformers.set_seed(config.seed)
 
-        self.tokenizer = _tokenizer(config.model_path)
+        self.tokenizer = load_tokenizer(config.model_path)
         # Trained models keep float32 weights (autocast runs the maths in bf16 when on);
         # the frozen ones are only read, in bf16 then: half the memory.
         frozen = torch.bfloat16 if bf16 else torch.float32
@@ -255,7 +221,7 @@ class PPOTrainer:
                                                            dtype=torch.float32)
         self.reference = AutoModelForCausalLM.from_pretrained(config.model_path, dtype=frozen)
         value_path = config.value_model_path or config.reward_model_path
-        if not _same_vocabulary(self.tokenizer, _tokenizer(value_path)):
+        if not _same_vocabulary(self.tokenizer, load_tokenizer(value_path)):
             raise ValueError(f"the value model ({value_path}) must share the policy's tokenizer: "
                              f"it reads the policy's tokens")
         try:
@@ -266,7 +232,7 @@ class PPOTrainer:
         self.reward_model = self.reward_tokenizer = None
         self.reward_bias = 0.0
         if reward_function is None:
-            self.reward_tokenizer = _tokenizer(config.reward_model_path)
+            self.reward_tokenizer = load_tokenizer(config.reward_model_path)
             self.reward_model = load_reward_model(config.reward_model_path,
                                                   self.reward_tokenizer, dtype=frozen)
             self.reward_bias = float(getattr(self.reward_model.config, BIAS_KEY, 0.0) or 0.0)
@@ -353,8 +319,8 @@ class PPOTrainer:
         scores less the bias, KL per response, lengths and texts."""
         config, accelerator = self.config, self.accelerator
         pad = self.tokenizer.pad_token_id
-        queries, query_attention = _left_pad(
-            [prompt_ids(self.tokenizer, p, self.prompt_limit) for p in prompts], pad)
+        queries, query_attention = pad_rows(
+            [prompt_ids(self.tokenizer, p, self.prompt_limit) for p in prompts], pad, left=True)
         device = accelerator.device
         queries, query_attention = queries.to(device), query_attention.to(device)
         policy = accelerator.unwrap_model(self.policy)
@@ -367,7 +333,7 @@ class PPOTrainer:
                 eos_token_id=self.eos_ids or None, pad_token_id=pad, use_cache=True)
         width = queries.shape[1]
         responses = output[:, width:]
-        mask = response_mask(responses, self.eos_ids)
+        mask = until_first_eos(responses, self.eos_ids)
         responses = torch.where(mask, responses, pad)
         input_ids = torch.cat([queries, responses], dim=1)
         attention = torch.cat([query_attention, mask.long()], dim=1)
@@ -439,7 +405,7 @@ class PPOTrainer:
                                       self.accelerator.process_index, 2 + index))
         rows = [self.ptx_ids[rng.randrange(len(self.ptx_ids))]
                 for _ in range(self.config.ptx_batch_size)]
-        ids, attention = _right_pad(rows, self.tokenizer.pad_token_id)
+        ids, attention = pad_rows(rows, self.tokenizer.pad_token_id, left=False)
         return ids.to(self.accelerator.device), attention.to(self.accelerator.device)
 
     def _policy_pass(self, mb: Mapping[str, torch.Tensor], width: int,
@@ -667,15 +633,6 @@ class PPOTrainer:
                                                               option=orjson.OPT_INDENT_2))
         tmp.rmdir()
         return out
-
-
-def _tokenizer(path: str) -> PreTrainedTokenizerBase:
-    tokenizer = AutoTokenizer.from_pretrained(path)
-    if tokenizer.pad_token is None:
-        if tokenizer.eos_token is None:
-            raise ValueError(f"{path}: the tokenizer has neither a pad nor an eos token")
-        tokenizer.pad_token = tokenizer.eos_token
-    return tokenizer
 
 
 def train_ppo(

@@ -14,115 +14,107 @@ with GAE, then ``ppo_epochs`` passes of clipped policy and value updates in mini
 of ``mini_batch_prompts``, each with a pretraining-mix batch when gamma > 0.
 """
 
-from dataclasses import asdict, dataclass, field
-from pathlib import Path
-from typing import Any
+from dataclasses import dataclass, field
 
-from training.reward_config import _check_type
-
-CHECKPOINTS_DIR = "checkpoints"
-
-
-def _help(text: str) -> dict[str, str]:
-    return {"help": text}
+from training.config_base import CHECKPOINTS_DIR, RunConfig, check_types, help_text
 
 
 @dataclass(kw_only=True)
-class PPOConfig:
+class PPOConfig(RunConfig):
     """Settings of one PPO-ptx run: model, data, then training."""
 
     # Model
-    model_path: str = field(metadata=_help(
+    model_path: str = field(metadata=help_text(
         "The SFT model: the policy starts from it and a frozen copy of it is the KL "
         "reference."))
-    reward_model_path: str = field(metadata=_help(
+    reward_model_path: str = field(metadata=help_text(
         "The reward model (a sequence classifier with one output). Its stored bias "
         "(laoshi_reward_bias) is subtracted from every score."))
-    value_model_path: str | None = field(default=None, metadata=_help(
+    value_model_path: str | None = field(default=None, metadata=help_text(
         "Where the value model starts; None: the reward model, as in InstructGPT. It must "
         "share the policy's tokenizer."))
-    bf16: bool | None = field(default=None, metadata=_help(
+    bf16: bool | None = field(default=None, metadata=help_text(
         "bfloat16 mixed precision. None: on when a CUDA GPU that supports it is present, "
         "off on CPU."))
-    gradient_checkpointing: bool = field(default=False, metadata=_help(
+    gradient_checkpointing: bool = field(default=False, metadata=help_text(
         "Recompute the policy's and value model's activations in the backward pass: less "
         "memory, slower."))
 
     # Data
-    ptx_data_path: str | None = field(default=None, metadata=_help(
+    ptx_data_path: str | None = field(default=None, metadata=help_text(
         "Pretraining-mix data: an SFT snapshot's JSONL (prompt and completion are joined "
         "into one text) or a JSONL of {\"text\": ...} lines. None: plain PPO (no ptx term)."))
-    max_prompt_length: int = field(default=256, metadata=_help(
+    max_prompt_length: int = field(default=256, metadata=help_text(
         "Prompt tokens kept (the end of a longer prompt is kept: it holds the question)."))
-    response_length: int = field(default=64, metadata=_help(
+    response_length: int = field(default=64, metadata=help_text(
         "Most tokens the policy writes per response; generation stops earlier at the "
         "end-of-sequence token."))
-    temperature: float = field(default=1.0, metadata=_help(
+    temperature: float = field(default=1.0, metadata=help_text(
         "Sampling temperature of the rollouts (1.0: the policy's own distribution, which "
         "the KL and the ratios assume)."))
-    ptx_length: int = field(default=256, metadata=_help(
+    ptx_length: int = field(default=256, metadata=help_text(
         "Tokens per pretraining-mix text (longer ones are cut at the end)."))
-    missing_eos_penalty: float | None = field(default=None, metadata=_help(
+    missing_eos_penalty: float | None = field(default=None, metadata=help_text(
         "Subtract this from the score of a response that hit response_length without "
         "ending; None: no penalty."))
 
     # Training
-    output_dir: str = field(metadata=_help(
+    output_dir: str = field(metadata=help_text(
         f"Where the final policy is saved; resumable checkpoints go to its "
         f"'{CHECKPOINTS_DIR}' folder."))
-    max_steps: int = field(default=200, metadata=_help(
+    max_steps: int = field(default=200, metadata=help_text(
         "PPO steps (one rollout batch and its updates each); the episodes are max_steps "
         "times rollout_prompts."))
-    rollout_prompts: int = field(default=16, metadata=_help(
+    rollout_prompts: int = field(default=16, metadata=help_text(
         "Prompts sampled (one response each) per PPO step."))
-    mini_batch_prompts: int = field(default=8, metadata=_help(
+    mini_batch_prompts: int = field(default=8, metadata=help_text(
         "Rollouts per optimizer step within a PPO step; must divide rollout_prompts."))
-    ppo_epochs: int = field(default=1, metadata=_help(
+    ppo_epochs: int = field(default=1, metadata=help_text(
         "Passes over each rollout batch (InstructGPT: 1)."))
-    learning_rate: float = field(default=1e-5, metadata=_help(
+    learning_rate: float = field(default=1e-5, metadata=help_text(
         "AdamW learning rate of the policy (constant)."))
-    value_learning_rate: float | None = field(default=None, metadata=_help(
+    value_learning_rate: float | None = field(default=None, metadata=help_text(
         "AdamW learning rate of the value model; None: the policy's."))
-    kl_coef: float = field(default=0.02, metadata=_help(
+    kl_coef: float = field(default=0.02, metadata=help_text(
         "beta: the per-token KL penalty to the SFT model (InstructGPT: 0.02)."))
-    ptx_coef: float = field(default=27.8, metadata=_help(
+    ptx_coef: float = field(default=27.8, metadata=help_text(
         "gamma: the weight of the pretraining-mix loss, a mean next-token loss per token "
         "(InstructGPT: 27.8, which holds the policy close to the pretraining data; "
         "DeepSpeed-Chat's example uses 1.5: lower it for more reward); only used with "
         "ptx_data_path."))
-    ptx_batch_size: int = field(default=8, metadata=_help(
+    ptx_batch_size: int = field(default=8, metadata=help_text(
         "Pretraining-mix texts per optimizer step."))
-    cliprange: float = field(default=0.2, metadata=_help(
+    cliprange: float = field(default=0.2, metadata=help_text(
         "Clip range of the policy ratio (InstructGPT: 0.2)."))
-    cliprange_value: float = field(default=0.2, metadata=_help(
+    cliprange_value: float = field(default=0.2, metadata=help_text(
         "Clip range of the value update around the rollout's values."))
-    vf_coef: float = field(default=0.1, metadata=_help(
+    vf_coef: float = field(default=0.1, metadata=help_text(
         "Weight of the value loss beside the policy loss."))
-    gamma: float = field(default=1.0, metadata=_help(
+    gamma: float = field(default=1.0, metadata=help_text(
         "Discount of GAE (InstructGPT: 1, the reward comes once at the end)."))
-    lam: float = field(default=0.95, metadata=_help("lambda of GAE, in [0, 1]."))
-    whiten_rewards: bool = field(default=False, metadata=_help(
+    lam: float = field(default=0.95, metadata=help_text("lambda of GAE, in [0, 1]."))
+    whiten_rewards: bool = field(default=False, metadata=help_text(
         "Whiten the shaped rewards over each rollout batch before GAE."))
-    max_grad_norm: float = field(default=1.0, metadata=_help(
+    max_grad_norm: float = field(default=1.0, metadata=help_text(
         "Clip each model's gradient to this norm; 0 turns clipping off."))
-    eval_steps: int | None = field(default=None, metadata=_help(
+    eval_steps: int | None = field(default=None, metadata=help_text(
         "Score the policy's responses to the held-out prompts (the snapshot's valid "
         "split) every this many steps; None: at the end only. The same prompts and "
         "sampling seeds each time, so the held-out reward compares across steps."))
-    eval_max_prompts: int = field(default=64, metadata=_help(
+    eval_max_prompts: int = field(default=64, metadata=help_text(
         "At most this many held-out prompts per evaluation."))
-    logging_steps: int = field(default=1, metadata=_help(
+    logging_steps: int = field(default=1, metadata=help_text(
         "Log the PPO figures every this many steps."))
-    save_steps: int = field(default=50, metadata=_help(
+    save_steps: int = field(default=50, metadata=help_text(
         "Write a checkpoint (to resume from) every this many steps."))
-    save_total_limit: int | None = field(default=2, metadata=_help(
+    save_total_limit: int | None = field(default=2, metadata=help_text(
         "Keep at most this many checkpoints (the oldest go first); None keeps all."))
-    seed: int = field(default=42, metadata=_help(
+    seed: int = field(default=42, metadata=help_text(
         "Seed of the prompt order, the sampling and the pretraining-mix batches: a step "
         "draws the same prompts and responses after a resume."))
 
     def __post_init__(self):
-        _check_type(self)
+        check_types(self)
         for name in ("model_path", "reward_model_path", "output_dir"):
             if not getattr(self, name).strip():
                 raise ValueError(f"{name} must be a non-empty path")
@@ -154,20 +146,3 @@ class PPOConfig:
                 raise ValueError(f"{name} must be in [0, 1], not {getattr(self, name)}")
         if self.seed < 0:
             raise ValueError(f"seed must be >= 0, not {self.seed}")
-
-    def to_dict(self) -> dict[str, Any]:
-        """Return the config as JSON-ready values (what a checkpoint records)."""
-        return asdict(self)
-
-    @property
-    def checkpoint_dir(self) -> Path:
-        """Return the folder the run's resumable checkpoints are saved in."""
-        return Path(self.output_dir) / CHECKPOINTS_DIR
-
-    def use_bf16(self) -> bool:
-        """Return whether training runs in bf16: the setting, or the device's support."""
-        if self.bf16 is not None:
-            return self.bf16
-        import torch
-
-        return torch.cuda.is_available() and torch.cuda.is_bf16_supported()

@@ -10,96 +10,91 @@ to any model size: one epoch (the RM overfits after one), a cosine schedule, a l
 rate of 9e-6. Its batch of 64 prompts is ``per_device_prompts`` x accumulation x devices.
 """
 
-import math
-from dataclasses import asdict, dataclass, field, fields
-from pathlib import Path
-from typing import Any, get_args
+from dataclasses import dataclass, field
+from typing import Any
+
+from training.config_base import CHECKPOINTS_DIR, RunConfig, check_types, help_text
 
 RANKINGS = ("consensus", "per_annotator")
-CHECKPOINTS_DIR = "checkpoints"
 SCHEDULERS = ("linear", "cosine", "constant", "constant_with_warmup")
 
 
-def _help(text: str) -> dict[str, str]:
-    return {"help": text}
-
-
 @dataclass(kw_only=True)
-class RewardConfig:
+class RewardConfig(RunConfig):
     """Settings of one reward-model run: model, data, then training."""
 
     # Model
-    model_path: str = field(metadata=_help(
+    model_path: str = field(metadata=help_text(
         "Directory or hub id of the checkpoint to start from (the SFT model, usually a causal "
         "LM): loaded with AutoModelForSequenceClassification, num_labels=1, so its body is "
         "kept and a new scalar head is added."))
-    max_length: int = field(default=512, metadata=_help(
+    max_length: int = field(default=512, metadata=help_text(
         "Most tokens of prompt plus response. Longer texts lose tokens on the left (the "
         "start of the prompt), since the reward is read at the last token."))
-    bf16: bool | None = field(default=None, metadata=_help(
+    bf16: bool | None = field(default=None, metadata=help_text(
         "bfloat16 mixed precision. None: on when a CUDA GPU that supports it is present, "
         "off on CPU."))
-    gradient_checkpointing: bool = field(default=False, metadata=_help(
+    gradient_checkpointing: bool = field(default=False, metadata=help_text(
         "Recompute activations in the backward pass: less memory, about 20-30% slower."))
-    share_prompt: bool = field(default=True, metadata=_help(
+    share_prompt: bool = field(default=True, metadata=help_text(
         "Run the tokens the K sequences of a prompt share (the prompt) once, and each "
         "response on its key/value cache: the same rewards for less compute. Used on one "
         "process without gradient checkpointing, for models with a 'score' head, after a "
         "check that it matches running each sequence in full."))
-    disable_dropout: bool = field(default=True, metadata=_help(
+    disable_dropout: bool = field(default=True, metadata=help_text(
         "Turn the model's dropout off: the K rewards of a prompt are compared with each "
         "other, and dropout would add independent noise to each (TRL does the same)."))
 
     # Data
-    ranking: str = field(default="consensus", metadata=_help(
+    ranking: str = field(default="consensus", metadata=help_text(
         "Which ranking of a rankings row to train on: 'consensus' (the row's consensus "
         "ranking, one element per task) or 'per_annotator' (each annotator's ranking is an "
         "element of its own, as InstructGPT trains on every labeler's comparisons)."))
-    margin: bool = field(default=False, metadata=_help(
+    margin: bool = field(default=False, metadata=help_text(
         "Subtract a margin from each pair's reward difference, as TRL's RewardTrainer does: "
         "max(0, rating of the better - rating of the worse) from the annotator's Likert "
         "ratings (with 'consensus', the mean rating over annotators); 0 where either rating "
         "is missing."))
 
     # Training
-    output_dir: str = field(metadata=_help(
+    output_dir: str = field(metadata=help_text(
         "Where the final model is written (the directory itself); resumable checkpoints "
         f"go to its '{CHECKPOINTS_DIR}' folder."))
-    per_device_prompts: int = field(default=8, metadata=_help(
+    per_device_prompts: int = field(default=8, metadata=help_text(
         "Prompts per batch on each device. One prompt brings all its K ranked responses, "
         "so a batch runs sum(K) sequences through the model."))
-    gradient_accumulation_steps: int = field(default=1, metadata=_help(
+    gradient_accumulation_steps: int = field(default=1, metadata=help_text(
         "Batches whose gradients are added up before each optimizer step."))
-    learning_rate: float = field(default=9e-6, metadata=_help(
+    learning_rate: float = field(default=9e-6, metadata=help_text(
         "Peak learning rate of AdamW (InstructGPT's RM: 9e-6)."))
-    lr_scheduler_type: str = field(default="cosine", metadata=_help(
+    lr_scheduler_type: str = field(default="cosine", metadata=help_text(
         f"Learning-rate schedule after warm-up: one of {', '.join(SCHEDULERS)}."))
-    num_train_epochs: float = field(default=1.0, metadata=_help(
+    num_train_epochs: float = field(default=1.0, metadata=help_text(
         "Passes over the training prompts (InstructGPT: 1; more overfits)."))
-    max_steps: int = field(default=-1, metadata=_help(
+    max_steps: int = field(default=-1, metadata=help_text(
         "Stop after this many optimizer steps; -1 runs num_train_epochs."))
-    weight_decay: float = field(default=0.0, metadata=_help("AdamW weight decay."))
-    warmup_ratio: float = field(default=0.0, metadata=_help(
+    weight_decay: float = field(default=0.0, metadata=help_text("AdamW weight decay."))
+    warmup_ratio: float = field(default=0.0, metadata=help_text(
         "Share of the optimizer steps spent warming the learning rate up from 0, in [0, 1)."))
-    max_grad_norm: float = field(default=1.0, metadata=_help(
+    max_grad_norm: float = field(default=1.0, metadata=help_text(
         "Clip the gradient to this norm; 0 turns clipping off."))
-    eval_steps: int | None = field(default=None, metadata=_help(
+    eval_steps: int | None = field(default=None, metadata=help_text(
         "Evaluate on the held-out rankings every this many steps; None evaluates only "
         "at the end (always done when there are held-out rankings)."))
-    logging_steps: int = field(default=10, metadata=_help(
+    logging_steps: int = field(default=10, metadata=help_text(
         "Log loss, pairwise accuracy and rewards every this many steps."))
-    save_steps: int = field(default=500, metadata=_help(
+    save_steps: int = field(default=500, metadata=help_text(
         "Write a checkpoint (to resume from) every this many steps."))
-    save_total_limit: int | None = field(default=2, metadata=_help(
+    save_total_limit: int | None = field(default=2, metadata=help_text(
         "Keep at most this many checkpoints (the oldest go first); None keeps all."))
-    seed: int = field(default=42, metadata=_help(
+    seed: int = field(default=42, metadata=help_text(
         "Seed of the scalar head's initialisation, the data order and dropout."))
-    bias_max_responses: int = field(default=4096, metadata=_help(
+    bias_max_responses: int = field(default=4096, metadata=help_text(
         "At most this many responses (a seeded random sample) are scored for the reward "
         "bias stored with the model."))
 
     def __post_init__(self):
-        _check_type(self)
+        check_types(self)
         if not self.model_path.strip():
             raise ValueError("model_path must name a checkpoint directory or hub id")
         if not self.output_dir.strip():
@@ -134,23 +129,6 @@ class RewardConfig:
             raise ValueError(f"max_grad_norm must be >= 0, not {self.max_grad_norm}")
         if self.seed < 0:
             raise ValueError(f"seed must be >= 0, not {self.seed}")
-
-    def to_dict(self) -> dict[str, Any]:
-        """Return the config as JSON-ready values (what a checkpoint records)."""
-        return asdict(self)
-
-    @property
-    def checkpoint_dir(self) -> Path:
-        """Return the folder the run's resumable checkpoints are saved in."""
-        return Path(self.output_dir) / CHECKPOINTS_DIR
-
-    def use_bf16(self) -> bool:
-        """Return whether training runs in bf16: the setting, or the device's support."""
-        if self.bf16 is not None:
-            return self.bf16
-        import torch  # here, not at import: the web process validates configs without torch
-
-        return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
 
     def training_arguments(self, *, evaluate: bool, **overrides: Any):
         """Return transformers' TrainingArguments for this config.
@@ -202,27 +180,3 @@ class RewardConfig:
             kwargs["use_cpu"] = True
         kwargs.update(overrides)
         return TrainingArguments(**kwargs)
-
-
-def _accepts(kind: Any, value: Any) -> bool:
-    if kind is bool:
-        return isinstance(value, bool)
-    if kind is int:
-        return isinstance(value, int) and not isinstance(value, bool)
-    if kind is float:
-        return isinstance(value, int | float) and not isinstance(value, bool)
-    if kind is type(None):
-        return value is None
-    return isinstance(value, kind)
-
-
-def _check_type(config: RewardConfig) -> None:
-    """Raise TypeError for a value of the wrong type (configs arrive as JSON)."""
-    for f in fields(config):
-        value = getattr(config, f.name)
-        kinds = get_args(f.type) or (f.type,)
-        if not any(_accepts(kind, value) for kind in kinds):
-            names = " or ".join("None" if k is type(None) else k.__name__ for k in kinds)
-            raise TypeError(f"{f.name} must be {names}, not {value!r}")
-        if isinstance(value, float) and not math.isfinite(value):
-            raise ValueError(f"{f.name} must be a finite number, not {value!r}")

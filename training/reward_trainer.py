@@ -55,6 +55,7 @@ from transformers import (
     set_seed,
 )
 
+from modelhub.ml.generation import pad_rows
 from modelhub.ml.tiny import TRAINING_RECORD
 from training.datasets.formats import is_chat
 from training.losses import kway_reward_loss, pair_matrix, reward_bias
@@ -84,7 +85,8 @@ class RankedElement:
     annotator: Any = None
 
 
-def _read_rows(source: str | os.PathLike | Iterable[Mapping[str, Any]]) -> Iterable[Mapping]:
+def read_rows(source: str | os.PathLike | Iterable[Mapping[str, Any]]) -> Iterable[Mapping]:
+    """Return the rows of a JSONL file (read whole), or the given rows as they are."""
     if isinstance(source, str | os.PathLike):
         with open(source, "rb") as stream:
             return [orjson.loads(line) for line in stream if line.strip()]
@@ -148,7 +150,7 @@ def load_rankings(
         raise ValueError(f"ranking must be consensus or per_annotator, not {ranking!r}")
     elements: list[RankedElement] = []
     rows = skipped = 0
-    for row in _read_rows(source):
+    for row in read_rows(source):
         rows += 1
         task_id = row.get("task_id")
         prompt = row.get("prompt")
@@ -217,17 +219,6 @@ def encode(tokenizer: PreTrainedTokenizerBase, pairs: Sequence[tuple[Prompt, str
             # The reward is read at the last token, so the end of the response must stay.
             ids[i] = tokens[-max_length:]
     return ids
-
-
-def _pad(sequences: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Return right-padded input_ids and attention_mask (positions stay 0..n-1 per row)."""
-    width = max(len(s) for s in sequences)
-    input_ids = torch.full((len(sequences), width), pad_id, dtype=torch.long)
-    attention = torch.zeros((len(sequences), width), dtype=torch.long)
-    for row, tokens in enumerate(sequences):
-        input_ids[row, :len(tokens)] = torch.tensor(tokens, dtype=torch.long)
-        attention[row, :len(tokens)] = 1
-    return input_ids, attention
 
 
 def _last_real(tokens: list[int], pad_id: int) -> int:
@@ -304,7 +295,7 @@ class RankingCollator:
         batch = {"index": index, "ranks": ranks, "mask": mask}
         batch.update(self._shared(groups, pad_id) if self.share_prompt else {})
         if "prefix_ids" not in batch:
-            batch["input_ids"], batch["attention_mask"] = _pad(ids, pad_id)
+            batch["input_ids"], batch["attention_mask"] = pad_rows(ids, pad_id, left=False)
         if self.margin:
             batch["margins"] = self._margins(elements, width)
         return batch
@@ -321,9 +312,9 @@ class RankingCollator:
         shared = len(groups) * max(cuts) + len(suffixes) * max(len(s) for s in suffixes)
         if shared > (1 - self.SHARE_MIN_SAVING) * full:
             return {}
-        prefix_ids, prefix_mask = _pad([group[0][:cut] for group, cut in zip(groups, cuts,
-                                                                             strict=True)], pad_id)
-        suffix_ids, suffix_mask = _pad(suffixes, pad_id)
+        prefixes = [group[0][:cut] for group, cut in zip(groups, cuts, strict=True)]
+        prefix_ids, prefix_mask = pad_rows(prefixes, pad_id, left=False)
+        suffix_ids, suffix_mask = pad_rows(suffixes, pad_id, left=False)
         element = torch.repeat_interleave(torch.arange(len(groups)),
                                           torch.tensor([len(g) for g in groups]))
         return {"prefix_ids": prefix_ids, "prefix_mask": prefix_mask, "suffix_ids": suffix_ids,
@@ -342,6 +333,16 @@ class RankingCollator:
 
 
 # -- Model and trainer ----------------------------------------------------------------------
+
+def load_tokenizer(path: str) -> PreTrainedTokenizerBase:
+    """Return a checkpoint's tokenizer with a pad token (the eos when it has none)."""
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    if tokenizer.pad_token is None:
+        if tokenizer.eos_token is None:
+            raise ValueError(f"{path}: the tokenizer has neither a pad nor an eos token")
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
 
 def load_reward_model(model_path: str, tokenizer: PreTrainedTokenizerBase,
                       **kwargs: Any) -> PreTrainedModel:
@@ -545,7 +546,8 @@ def score_responses(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase,
     device = next(model.parameters()).device
     for start in range(0, len(order), batch_size):
         chunk = order[start:start + batch_size]
-        input_ids, attention = _pad([ids[i] for i in chunk], tokenizer.pad_token_id)
+        input_ids, attention = pad_rows([ids[i] for i in chunk], tokenizer.pad_token_id,
+                                        left=False)
         logits = model(input_ids=input_ids.to(device), attention_mask=attention.to(device),
                        use_cache=False).logits
         scores[chunk] = logits[:, 0].float().cpu()
@@ -553,7 +555,8 @@ def score_responses(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase,
     return scores
 
 
-def _demonstration_pairs(demonstrations: Iterable[Any]) -> list[tuple[Prompt, str]]:
+def demonstration_pairs(demonstrations: Iterable[Any]) -> list[tuple[Prompt, str]]:
+    """Return (prompt, response) of each demonstration: a pair or an SFT row."""
     pairs = []
     for item in demonstrations:
         if isinstance(item, Mapping):
@@ -581,7 +584,7 @@ def bias_pairs(elements: Sequence[RankedElement], demonstrations: Iterable[Any] 
     a seeded sample.
     """
     if demonstrations is not None:
-        pairs, source = _demonstration_pairs(demonstrations), "demonstrations"
+        pairs, source = demonstration_pairs(demonstrations), "demonstrations"
     else:
         pairs, source = [], "best_ranked"
         for element in elements:
@@ -697,12 +700,7 @@ def train_reward(
 
     # The new head's initialisation comes from the global generator: seed before loading.
     set_seed(config.seed)
-    tokenizer = AutoTokenizer.from_pretrained(config.model_path)
-    if tokenizer.pad_token is None:
-        if tokenizer.eos_token is None:
-            raise ValueError(f"{config.model_path}: the tokenizer has neither a pad nor an eos "
-                             f"token")
-        tokenizer.pad_token = tokenizer.eos_token
+    tokenizer = load_tokenizer(config.model_path)
     model = load_reward_model(config.model_path, tokenizer)
     positions = getattr(model.config, "max_position_embeddings", None)
     if positions and config.max_length > positions:

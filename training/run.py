@@ -31,15 +31,6 @@ def split_file(snapshot, split: str) -> str | None:
     return str(Path(snapshot.directory) / files[split]["jsonl"])
 
 
-def _rows(path: str | None) -> list[dict]:
-    import orjson
-
-    if path is None:
-        return []
-    with open(path, "rb") as stream:
-        return [orjson.loads(line) for line in stream if line.strip()]
-
-
 def _versions() -> dict:
     versions = {"python": sys.version.split()[0]}
     for name in _LIBRARIES:
@@ -82,7 +73,11 @@ def main(argv=None) -> int:
         if run.sft_snapshot is not None:
             paths["ptx_data_path"] = split_file(run.sft_snapshot, "train")
     elif run.kind == "reward" and run.sft_snapshot is not None:
-        extra["demonstrations"] = _rows(split_file(run.sft_snapshot, "train"))
+        from training.reward_trainer import read_rows
+
+        demonstrations = split_file(run.sft_snapshot, "train")
+        # None would fall back to the best-ranked responses: an empty list says why not.
+        extra["demonstrations"] = read_rows(demonstrations) if demonstrations else []
     config = config_for(run.kind, run.config, model_path=run.parent.artifact_path,
                         output_dir=str(out), **paths)
     resume = latest_checkpoint(out / "checkpoints")

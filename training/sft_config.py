@@ -7,18 +7,16 @@ serializer can build and validate a config on a web host without loading either.
 
 import math
 import os
-from dataclasses import asdict, dataclass, field
-from pathlib import Path
+from dataclasses import dataclass, field
 from typing import Any
 
-# Checkpoints (weights, optimizer, scheduler, RNG states) go under the output directory,
-# so that the final model files sit alone at its top.
-CHECKPOINTS_DIR = "checkpoints"
+from training.config_base import CHECKPOINTS_DIR, RunConfig
+
 LR_SCHEDULERS = ("linear", "cosine", "constant", "constant_with_warmup")
 
 
 @dataclass(kw_only=True)
-class SFTRunConfig:
+class SFTRunConfig(RunConfig):
     """Supervised fine-tuning of a causal LM on demonstrations (loss on responses only)."""
 
     # Model
@@ -156,15 +154,6 @@ class SFTRunConfig:
                 # there would never be trained.
                 errors.append("lora_target_modules cannot include 'lm_head'")
         return errors
-
-    def to_dict(self) -> dict[str, Any]:
-        """Return the config as plain JSON-ready values (SFTRunConfig(**d) rebuilds it)."""
-        return asdict(self)
-
-    @property
-    def checkpoint_dir(self) -> Path:
-        """Return the folder the run's resumable checkpoints are saved in."""
-        return Path(self.output_dir) / CHECKPOINTS_DIR
 
     def to_trl(self, *, evaluate: bool = False):
         """Return the trl.SFTConfig of this run; evaluate: there is validation data.

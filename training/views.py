@@ -5,24 +5,21 @@ gets 404, an annotator 403. A snapshot or a run is reached by its own id; the vi
 it first, then checks the caller's membership in its project.
 """
 
-import os
-from pathlib import Path
 
 from django.contrib import messages
 from django.contrib.auth import get_user_model
 from django.contrib.auth.decorators import login_required
 from django.db.models import Q
 from django.http import FileResponse, Http404
-from django.shortcuts import get_object_or_404, redirect, render
-from django.utils.cache import patch_vary_headers
+from django.shortcuts import redirect, render
 from django.utils.translation import gettext as _
 from django.utils.translation import gettext_lazy
 from django.views.decorators.http import require_POST
 
-from labeling import selectors
 from labeling.charts import line_chart
 from labeling.flags import FLAGS
 from labeling.models import Category, Split
+from labeling.pages import data_membership, in_project, page_or_fragment
 from training.configs import describe
 from training.forms import GROUP_LEGENDS, RunForm, SnapshotForm
 from training.models import DatasetSnapshot, TrainingRun
@@ -42,29 +39,16 @@ CONTENT_TYPES = {"jsonl": "application/jsonl", "parquet": "application/vnd.apach
                  "md": "text/markdown; charset=utf-8"}
 
 
-def _data_membership(request, project_id):
-    return selectors.membership_get(
-        user=request.user, project_id=project_id, roles=selectors.DATA_ROLES
-    )
-
-
 def _snapshot_in_project(request, snapshot_id, queryset=None):
     """Return the snapshot (404 if missing) and the caller's lead or engineer membership."""
-    queryset = queryset if queryset is not None else DatasetSnapshot.objects.all()
-    snapshot = get_object_or_404(queryset, pk=snapshot_id)
-    return snapshot, _data_membership(request, snapshot.project_id)
+    return in_project(request, DatasetSnapshot.objects.all() if queryset is None else queryset,
+                       pk=snapshot_id)
 
-
-def _page_or_fragment(request, page, fragment, context):
-    response = render(request, fragment if request.htmx else page, context)
-    # The same URL answers with a whole page or a fragment: caches must keep both apart.
-    patch_vary_headers(response, ("HX-Request",))
-    return response
 
 
 @login_required
 def snapshot_list(request, project_id):
-    membership = _data_membership(request, project_id)
+    membership = data_membership(request, project_id)
     project = membership.project
     form = SnapshotForm(request.POST or None, project=project)
     if request.method == "POST" and form.is_valid():
@@ -82,7 +66,7 @@ def snapshot_list(request, project_id):
             return redirect(snapshot)
     snapshots = list(DatasetSnapshot.objects.filter(project=project)
                      .select_related("job", "created_by")[:LIST_LENGTH])
-    return _page_or_fragment(request, "training/snapshot_list.html",
+    return page_or_fragment(request, "training/snapshot_list.html",
                              "training/_snapshot_rows.html", {
                                  "project": project, "form": form, "snapshots": snapshots,
                                  "any_active": any(s.job.is_active for s in snapshots),
@@ -137,7 +121,7 @@ def snapshot_detail(request, snapshot_id):
         context["train_kinds"] = [(kind, TrainingRun.Kind(kind).label)
                                   for kind, reads in SNAPSHOT_KIND.items()
                                   if reads == snapshot.kind]
-    return _page_or_fragment(request, "training/snapshot_detail.html",
+    return page_or_fragment(request, "training/snapshot_detail.html",
                              "training/_snapshot_live.html", context)
 
 
@@ -181,9 +165,8 @@ METRIC_LABELS = {
 
 def _run_in_project(request, run_id, queryset=None):
     """Return the run (404 if missing) and the caller's lead or engineer membership."""
-    queryset = queryset if queryset is not None else TrainingRun.objects.select_related("job")
-    run = get_object_or_404(queryset, pk=run_id)
-    return run, _data_membership(request, run.project_id)
+    return in_project(request, TrainingRun.objects.select_related("job")
+                       if queryset is None else queryset, pk=run_id)
 
 
 def _steps(run) -> list[dict]:
@@ -244,29 +227,14 @@ def _settings_table(run) -> list[tuple[str, list[dict]]]:
     return [(GROUP_LEGENDS[group], rows) for group, rows in groups.items() if rows]
 
 
-def _file_tail(path: Path, size: int = TRAIN_LOG_TAIL_BYTES) -> str:
-    """Return the last ``size`` bytes of a text file from a line start ("" if unreadable)."""
-    try:
-        with path.open("rb") as handle:
-            handle.seek(0, os.SEEK_END)
-            start = max(0, handle.tell() - size)
-            handle.seek(start)
-            data = handle.read()
-    except OSError:
-        return ""
-    if start and b"\n" in data:
-        data = data.split(b"\n", 1)[1]  # the first line was cut: drop it
-    return data.decode("utf-8", "replace")
-
-
 @login_required
 def run_list(request, project_id):
-    membership = _data_membership(request, project_id)
+    membership = data_membership(request, project_id)
     project = membership.project
     runs = list(TrainingRun.objects.filter(project=project)
                 .select_related(*RUN_INPUTS)[:LIST_LENGTH])
     rows = [(run, _number_text(run.latest.get("loss"))) for run in runs]
-    return _page_or_fragment(request, "training/run_list.html", "training/_run_rows.html", {
+    return page_or_fragment(request, "training/run_list.html", "training/_run_rows.html", {
         "project": project, "rows": rows, "kinds": TrainingRun.Kind.choices,
         "any_active": any(run.job.is_active for run in runs),
     })
@@ -274,7 +242,7 @@ def run_list(request, project_id):
 
 @login_required
 def run_new(request, project_id, kind):
-    membership = _data_membership(request, project_id)
+    membership = data_membership(request, project_id)
     if kind not in SNAPSHOT_KIND:
         raise Http404
     project = membership.project
@@ -312,13 +280,14 @@ def run_detail(request, run_id):
                    for chart_id, title, keys, kinds in CHARTS if run.kind in kinds],
         "latest_values": _latest_values(steps),
         "log_tail": "\n".join(job.log.splitlines()[-LOG_TAIL_LINES:]),
-        "train_log": _file_tail(Path(run.output_dir) / "train.log") if run.output_dir else "",
+        "train_log": (run_services.log_tail(run_services.train_log(run), TRAIN_LOG_TAIL_BYTES)
+                      if run.output_dir else ""),
         "can_resume": (job.status in (job.Status.FAILED, job.Status.CANCELLED)
                        and run.output_model_id is None),
     }
     if not request.htmx:
         context["settings"] = _settings_table(run)
-    return _page_or_fragment(request, "training/run_detail.html", "training/_run_live.html",
+    return page_or_fragment(request, "training/run_detail.html", "training/_run_live.html",
                              context)
 
 

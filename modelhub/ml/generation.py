@@ -136,13 +136,9 @@ class TransformersBackend:
                         batch_index: int, ignore_eos: bool) -> tuple[list[str], int]:
         """Generate for one batch of token id lists; return the texts and new-token count."""
         pad = self.tokenizer.pad_token_id
-        width = max(len(ids) for ids in batch)
-        input_ids = torch.full((len(batch), width), pad, dtype=torch.long)
-        attention_mask = torch.zeros((len(batch), width), dtype=torch.long)
-        for row, ids in enumerate(batch):
-            # Left padding: each prompt ends at the last column, where generation starts.
-            input_ids[row, width - len(ids):] = torch.tensor(ids)
-            attention_mask[row, width - len(ids):] = 1
+        # Left padding: each prompt ends at the last column, where generation starts.
+        input_ids, attention_mask = pad_rows(batch, pad, left=True)
+        width = input_ids.shape[1]
         options = {"max_new_tokens": settings.max_new_tokens, "use_cache": True,
                    "pad_token_id": pad, "do_sample": not settings.greedy}
         if not settings.greedy:
@@ -161,13 +157,32 @@ class TransformersBackend:
         return texts, _count_new_tokens(new, self._eos_ids)
 
 
+def pad_rows(rows: Sequence[Sequence[int]], pad: int, *,
+             left: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """Return token id lists as one [B, T] batch and its attention mask, padded on the left
+    (prompts to continue) or on the right (whole sequences: positions stay 0..n-1)."""
+    width = max(len(row) for row in rows)
+    input_ids = torch.full((len(rows), width), pad, dtype=torch.long)
+    attention = torch.zeros((len(rows), width), dtype=torch.long)
+    for i, row in enumerate(rows):
+        where = slice(width - len(row), width) if left else slice(0, len(row))
+        input_ids[i, where] = torch.tensor(row, dtype=torch.long)
+        attention[i, where] = 1
+    return input_ids, attention
+
+
+def until_first_eos(tokens: torch.Tensor, eos_ids: Sequence[int] | torch.Tensor) -> torch.Tensor:
+    """Return [B, T] True on generated tokens up to and including each row's first eos."""
+    eos = torch.as_tensor(eos_ids, dtype=tokens.dtype, device=tokens.device)
+    if not eos.numel():
+        return torch.ones_like(tokens, dtype=torch.bool)
+    is_eos = torch.isin(tokens, eos).long()
+    return (is_eos.cumsum(dim=1) - is_eos) == 0
+
+
 def _count_new_tokens(new: torch.Tensor, eos_ids: torch.Tensor) -> int:
     """Count generated tokens up to and including each row's first eos; the rest is padding."""
-    if not len(eos_ids):
-        return new.numel()
-    is_eos = torch.isin(new, eos_ids).long()
-    ended_before = (is_eos.cumsum(dim=1) - is_eos) > 0
-    return int((~ended_before).sum())
+    return int(until_first_eos(new, eos_ids).sum())
 
 
 def _checked_messages(prompt) -> list[dict]:

@@ -8,6 +8,7 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
+from modelhub.ml.generation import until_first_eos
 from modelhub.ml.tiny import TRAINING_RECORD, demo_prompts
 from training.checkpoints import MARKER, latest_checkpoint
 from training.ppo import (
@@ -15,7 +16,6 @@ from training.ppo import (
     load_prompts,
     load_ptx_texts,
     prompt_ids,
-    response_mask,
     train_ppo,
 )
 from training.ppo_config import PPOConfig
@@ -180,9 +180,9 @@ def test_prompts_are_rendered_as_in_sft(tiny_model):
 
 def test_the_response_ends_at_its_first_eos():
     responses = torch.tensor([[5, 6, 0, 0, 7], [5, 6, 7, 8, 9], [0, 1, 2, 3, 4]])
-    assert response_mask(responses, [0]).tolist() == [
+    assert until_first_eos(responses, [0]).tolist() == [
         [True, True, True, False, False], [True] * 5, [True, False, False, False, False]]
-    assert response_mask(responses, [0, 9]).tolist()[1] == [True] * 5
+    assert until_first_eos(responses, [0, 9]).tolist()[1] == [True] * 5
 
 
 @pytest.fixture

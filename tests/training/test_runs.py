@@ -94,12 +94,7 @@ def test_cancel_terminates_the_child(project, sft_inputs):
     base, snapshot = sft_inputs
     run = run_create(project=project, kind="sft", snapshot=snapshot, parent=base,
                      config=CONFIG | {"max_steps": 400, "save_steps": 1000})
-    worker = threading.Thread(target=lambda: (job_run(job_id=run.job_id, worker="w"),
-                                              connection.close()))
-    worker.start()
-    deadline = time.monotonic() + 120
-    while TrainingRun.objects.get(pk=run.pk).step < 2 and time.monotonic() < deadline:
-        time.sleep(0.2)
+    worker = _run_in_background(run, until=lambda: TrainingRun.objects.get(pk=run.pk).step >= 2)
     job_cancel(job=Job.objects.get(pk=run.job_id))
     worker.join(60)
     assert not worker.is_alive()
@@ -152,6 +147,17 @@ def test_runs_check_their_inputs(project, sft_inputs):
                    sft_snapshot=snapshot)
 
 
+def _run_in_background(run, until) -> threading.Thread:
+    """Start the run's job in a thread (a worker) and wait until ``until()`` holds."""
+    worker = threading.Thread(target=lambda: (job_run(job_id=run.job_id, worker="w"),
+                                              connection.close()))
+    worker.start()
+    deadline = time.monotonic() + 120
+    while not until() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    return worker
+
+
 def _checkpoint_step(run) -> int:
     """Return the step of the run's last checkpoint (0 before the first)."""
     path = TrainingRun.objects.get(pk=run.pk).last_checkpoint
@@ -178,12 +184,7 @@ def test_a_killed_trainer_fails_the_run_which_resumes_from_its_checkpoint(projec
     base, snapshot = sft_inputs
     run = run_create(project=project, kind="sft", snapshot=snapshot, parent=base,
                      config=CONFIG | {"max_steps": 400, "save_steps": 2})
-    worker = threading.Thread(target=lambda: (job_run(job_id=run.job_id, worker="w"),
-                                              connection.close()))
-    worker.start()
-    deadline = time.monotonic() + 120
-    while _checkpoint_step(run) < 4 and time.monotonic() < deadline:
-        time.sleep(0.1)
+    worker = _run_in_background(run, until=lambda: _checkpoint_step(run) >= 4)
     os.kill(_trainer_pid(run.pk), signal.SIGKILL)  # as the kernel's OOM killer would
     worker.join(60)
     run.refresh_from_db()
@@ -238,12 +239,7 @@ def test_a_cancelled_run_resumes_from_its_checkpoint(project, sft_inputs):
                      config=CONFIG | {"max_steps": 400, "save_steps": 2})
     with pytest.raises(RunError, match="only a failed or cancelled run"):
         run_resume(run=run)
-    worker = threading.Thread(target=lambda: (job_run(job_id=run.job_id, worker="w"),
-                                              connection.close()))
-    worker.start()
-    deadline = time.monotonic() + 120
-    while _checkpoint_step(run) < 4 and time.monotonic() < deadline:
-        time.sleep(0.1)
+    worker = _run_in_background(run, until=lambda: _checkpoint_step(run) >= 4)
     run_cancel(run=run)
     worker.join(60)
     run.refresh_from_db()

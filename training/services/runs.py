@@ -128,14 +128,24 @@ def validate_config(kind: str, config: dict) -> None:
         raise RunError(f"invalid {kind} config: {error}") from None
 
 
-def _tail(path: Path) -> str:
+def log_tail(path: Path, size: int = LOG_TAIL) -> str:
+    """Return the last ``size`` bytes of a log from a line start ("" if unreadable)."""
     try:
         with path.open("rb") as handle:
             handle.seek(0, os.SEEK_END)
-            handle.seek(max(0, handle.tell() - LOG_TAIL))
-            return handle.read().decode("utf-8", "replace")
+            start = max(0, handle.tell() - size)
+            handle.seek(start)
+            data = handle.read()
     except OSError:
         return ""
+    if start and b"\n" in data:
+        data = data.split(b"\n", 1)[1]  # the first line was cut: drop it
+    return data.decode("utf-8", "replace")
+
+
+def train_log(run: TrainingRun) -> Path:
+    """Return where the run's training process writes its output."""
+    return Path(run.output_dir) / "train.log"
 
 
 def _stop(child: subprocess.Popen) -> None:
@@ -172,7 +182,7 @@ def training_run(context: JobContext) -> None:
     run = TrainingRun.objects.get(job=context.job)
     out = Path(run.output_dir)
     out.mkdir(parents=True, exist_ok=True)
-    log_path = out / "train.log"
+    log_path = train_log(run)
     processes = training_processes(run.kind)
     command = [sys.executable, "-m", "training.run", str(run.pk), "--worker", context.worker]
     if processes > 1:
@@ -194,7 +204,7 @@ def training_run(context: JobContext) -> None:
     if child.returncode != 0:
         reason = (f"killed by signal {-child.returncode}" if child.returncode < 0
                   else f"exit status {child.returncode}")
-        raise RuntimeError(f"the training process failed ({reason}):\n{_tail(log_path)}")
+        raise RuntimeError(f"the training process failed ({reason}):\n{log_tail(log_path)}")
     run.refresh_from_db()
     if run.output_model_id is None:
         raise RuntimeError("the training process ended without registering its model")
