@@ -1,6 +1,5 @@
 """The model pages: registry, generation jobs, cancel and evaluations, for leads and engineers."""
 
-import re
 import shutil
 
 import pytest
@@ -19,6 +18,7 @@ from modelhub.services.evaluation import evaluation_create
 from modelhub.services.generation import generation_job_create
 from modelhub.services.registry import model_register
 from modelhub.views import humanise_count
+from tests.pages import assert_data_roles_only, csp_clean
 
 HOSTILE = "<script>alert(1)</script>"
 POLLING = 'hx-trigger="every 2s"'
@@ -63,12 +63,6 @@ def generation_form(model_pk="", **fields) -> dict:
     return data | fields
 
 
-def _csp_clean(html: str) -> bool:
-    """Return whether a page has no inline style attribute and no inline script."""
-    scripts = re.findall(r"<script[^>]*>", html)
-    return ' style="' not in html and all("src=" in tag for tag in scripts)
-
-
 def test_every_page_and_form_refuses_outsiders_and_annotators(
         project, base, prompts, model_root, client, alice, bob, erin, charlie):
     other = _register(project, model_root, "tiny-sft", parent=base)
@@ -79,23 +73,9 @@ def test_every_page_and_form_refuses_outsiders_and_annotators(
              f"/projects/{project.pk}/evaluations/", f"/evaluations/{evaluation.pk}/"]
     posts = [f"/projects/{project.pk}/models/", f"/projects/{project.pk}/generation/",
              f"/projects/{project.pk}/evaluations/", f"/jobs/{generation.job_id}/cancel/"]
-    for user, status in ((charlie, 404), (bob, 403)):
-        client.force_login(user)
-        for url in pages:
-            assert client.get(url).status_code == status, (user, url)
-            assert client.get(url, HTTP_HX_REQUEST="true").status_code == status, (user, url)
-        for url in posts:
-            assert client.post(url, {"name": "x"}).status_code == status, (user, url)
+    assert_data_roles_only(client, outsider=charlie, annotator=bob, members=(alice, erin),
+                           pages=pages, posts=[(url, {"name": "x"}) for url in posts])
     assert Job.objects.get(pk=generation.job_id).status == Job.Status.QUEUED
-    for user in (alice, erin):
-        client.force_login(user)
-        for url in pages:
-            response = client.get(url)
-            assert response.status_code == 200, (user, url)
-            assert _csp_clean(response.content.decode()), url
-    client.logout()
-    response = client.get(pages[0])
-    assert response.status_code == 302 and "/accounts/login/" in response["Location"]
 
 
 def test_the_project_page_links_leads_and_engineers_to_the_models(project, client, alice,
@@ -259,7 +239,7 @@ def test_an_evaluation_from_the_form_reports_the_win_rate(project, base, prompts
     assert "95% interval" in page and 'id="win-rate-chart"' in page
     assert "<td>1</td><td>1</td><td>0</td><td>2 of 2</td>" in page
     assert HOSTILE not in page and "&lt;script&gt;alert(1)&lt;/script&gt;" in page
-    assert _csp_clean(page)
+    assert csp_clean(page)
     detail = client.get(f"/models/{hostile.pk}/").content.decode()
     assert f"/evaluations/{evaluation.pk}/" in detail and "0.750" in detail
 
