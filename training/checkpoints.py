@@ -7,6 +7,7 @@ the best metric so far and the config that trained it.
 """
 
 import os
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -66,3 +67,22 @@ def latest_checkpoint(directory: Path) -> Path | None:
     complete = [p for p in directory.glob("checkpoint-*")
                 if p.name.split("-")[-1].isdigit() and is_complete(p)]
     return max(complete, key=lambda p: int(p.name.split("-")[-1]), default=None)
+
+
+def save_final_model(out: Path, model: Any, tokenizer: Any, record: dict[str, Any]) -> Path:
+    """Save a trained model (``save_pretrained``: safetensors, no pickled arguments) and its
+    tokenizer into ``out``, each file written aside and renamed into place, then the
+    training record, last: its presence says the folder holds a complete model."""
+    from modelhub.ml.tiny import TRAINING_RECORD
+
+    out.mkdir(parents=True, exist_ok=True)
+    (out / TRAINING_RECORD).unlink(missing_ok=True)
+    tmp = out / ".final-tmp"
+    shutil.rmtree(tmp, ignore_errors=True)  # left by an attempt that died while saving
+    model.save_pretrained(tmp)
+    tokenizer.save_pretrained(tmp)
+    for path in tmp.iterdir():
+        os.replace(path, out / path.name)
+    tmp.rmdir()
+    write_atomically(out / TRAINING_RECORD, orjson.dumps(record, option=orjson.OPT_INDENT_2))
+    return out

@@ -39,7 +39,6 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-import orjson
 import torch
 import torch.nn.functional as F
 import transformers
@@ -54,14 +53,13 @@ from transformers import (
 )
 
 from modelhub.ml.generation import pad_rows, until_first_eos
-from modelhub.ml.tiny import TRAINING_RECORD
 from training import ppo_math
 from training.checkpoints import (
     fsync_path,
     is_complete,
     mark_complete,
     read_marker,
-    write_atomically,
+    save_final_model,
 )
 from training.datasets.formats import is_chat
 from training.ppo_config import PPOConfig
@@ -615,24 +613,14 @@ class PPOTrainer:
         accelerator.wait_for_everyone()
         if not accelerator.is_main_process:
             return out
-        out.mkdir(parents=True, exist_ok=True)
-        (out / TRAINING_RECORD).unlink(missing_ok=True)
-        tmp = out / ".final-tmp"
-        shutil.rmtree(tmp, ignore_errors=True)
-        accelerator.unwrap_model(self.policy).save_pretrained(tmp)
-        self.tokenizer.save_pretrained(tmp)
-        for path in tmp.iterdir():
-            os.replace(path, out / path.name)
         record = {"kind": "ppo", "base_model": self.config.model_path,
                   "reward_model": self.config.reward_model_path,
                   "config": self.config.to_dict(), "step": self.state.global_step,
                   "metrics": dict(metrics),
                   "versions": {"torch": torch.__version__,
                                "transformers": transformers.__version__}}
-        write_atomically(out / TRAINING_RECORD, orjson.dumps(record,
-                                                              option=orjson.OPT_INDENT_2))
-        tmp.rmdir()
-        return out
+        return save_final_model(out, accelerator.unwrap_model(self.policy), self.tokenizer,
+                                record)
 
 
 def train_ppo(

@@ -35,7 +35,6 @@ import dataclasses
 import logging
 import os
 import random
-import shutil
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -56,7 +55,7 @@ from transformers import (
 )
 
 from modelhub.ml.generation import pad_rows
-from modelhub.ml.tiny import TRAINING_RECORD
+from training.checkpoints import save_final_model
 from training.datasets.formats import is_chat
 from training.losses import kway_reward_loss, pair_matrix, reward_bias
 from training.reward_config import RewardConfig
@@ -644,16 +643,6 @@ def save_reward_model(trainer: KWayRewardTrainer, config: RewardConfig,
     out = Path(config.output_dir)
     if not trainer.is_world_process_zero():
         return out
-    out.mkdir(parents=True, exist_ok=True)
-    (out / TRAINING_RECORD).unlink(missing_ok=True)
-    tmp = out / ".final-tmp"
-    shutil.rmtree(tmp, ignore_errors=True)  # left by an attempt that died while saving
-    # save_pretrained rather than trainer.save_model, which also pickles the training
-    # arguments (training_args.bin) into the model folder.
-    trainer.accelerator.unwrap_model(trainer.model).save_pretrained(tmp)
-    trainer.processing_class.save_pretrained(tmp)
-    for path in tmp.iterdir():
-        os.replace(path, out / path.name)
     record = {
         "kind": "reward",
         "base_model": config.model_path,
@@ -663,10 +652,10 @@ def save_reward_model(trainer: KWayRewardTrainer, config: RewardConfig,
         "metrics": dict(metrics),
         "versions": {"torch": torch.__version__, "transformers": transformers.__version__},
     }
-    (tmp / TRAINING_RECORD).write_bytes(orjson.dumps(record, option=orjson.OPT_INDENT_2))
-    os.replace(tmp / TRAINING_RECORD, out / TRAINING_RECORD)
-    tmp.rmdir()
-    return out
+    # save_pretrained rather than trainer.save_model, which also pickles the training
+    # arguments (training_args.bin) into the model folder.
+    return save_final_model(out, trainer.accelerator.unwrap_model(trainer.model),
+                            trainer.processing_class, record)
 
 
 def train_reward(

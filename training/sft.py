@@ -7,7 +7,8 @@ through the tokenizer's chat template, prompt with the generation prompt. Either
 prompt's tokens get label -100 and only the response is learned.
 
     from training.sft import train_sft
-    from training.sft_config import SFTRunConfig
+    from training.checkpoints import save_final_model
+from training.sft_config import SFTRunConfig
 
     config = SFTRunConfig(model_path="var/models/tiny", output_dir="var/runs/sft-1",
                           max_steps=200, learning_rate=1e-4)
@@ -19,7 +20,6 @@ checkpoints are in its ``checkpoints`` folder (``resume_from_checkpoint=True`` p
 the latest).
 """
 
-import json
 import logging
 import os
 from collections.abc import Mapping, Sequence
@@ -35,7 +35,7 @@ from trl import SFTTrainer
 from trl.data_utils import is_conversational
 
 from modelhub.ml.loading import safetensors_files
-from modelhub.ml.tiny import TRAINING_RECORD
+from training.checkpoints import save_final_model
 from training.sft_config import SFTRunConfig
 
 DataSource = str | os.PathLike | Dataset
@@ -211,10 +211,6 @@ def save_sft_model(trainer: SFTTrainer, config: SFTRunConfig, metrics: Mapping[s
     if config.use_lora:
         # A registered model is a whole model: the adapters are folded into the weights.
         model = model.merge_and_unload()
-    # save_pretrained rather than trainer.save_model, which also pickles the training
-    # arguments (training_args.bin) into the model folder.
-    model.save_pretrained(out)
-    trainer.processing_class.save_pretrained(out)
     record = {
         "kind": "sft",
         "base_model": config.model_path,
@@ -223,6 +219,6 @@ def save_sft_model(trainer: SFTTrainer, config: SFTRunConfig, metrics: Mapping[s
         "versions": {"torch": torch.__version__, "transformers": transformers.__version__,
                      "trl": trl.__version__},
     }
-    # Written last: its presence says the model and tokenizer files are complete.
-    (out / TRAINING_RECORD).write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
-    return out
+    # save_pretrained rather than trainer.save_model, which also pickles the training
+    # arguments (training_args.bin) into the model folder.
+    return save_final_model(out, model, trainer.processing_class, record)
