@@ -137,6 +137,9 @@ class RunOutput(serializers.ModelSerializer):
     started_at = serializers.DateTimeField(source="job.started_at")
     finished_at = serializers.DateTimeField(source="job.finished_at")
     output_model = RunModelOutput(read_only=True, allow_null=True)
+    step = serializers.IntegerField(source="job.progress", help_text="optimizer steps done")
+    max_steps = serializers.IntegerField(source="job.total",
+                                         help_text="steps the run trains for (0 until it starts)")
 
     class Meta:
         model = TrainingRun

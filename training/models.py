@@ -108,8 +108,6 @@ class TrainingRun(models.Model):
     # The newest value of each figure the trainer logged ({"loss": x, "reward_mean": y});
     # the whole series is in RunMetric, one row per step.
     latest = models.JSONField(default=dict, blank=True)
-    step = models.PositiveIntegerField(default=0)
-    max_steps = models.PositiveIntegerField(default=0)
     output_dir = models.CharField(max_length=500, blank=True)
     last_checkpoint = models.CharField(max_length=500, blank=True)
     # What repeats the run: snapshot hash, library versions, the exact command.
@@ -132,6 +130,16 @@ class TrainingRun(models.Model):
 
     def get_absolute_url(self):
         return reverse("training:run_detail", args=[self.pk])
+
+    @property
+    def step(self) -> int:
+        """Return the optimizer steps done: the job's progress, which the trainer reports."""
+        return self.job.progress
+
+    @property
+    def max_steps(self) -> int:
+        """Return the steps the run trains for (0 until training has begun)."""
+        return self.job.total
 
     def series(self) -> list[dict]:
         """Return the logged figures step by step: [{"step": n, "loss": x, ...}]."""

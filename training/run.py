@@ -124,8 +124,6 @@ def main(argv=None) -> int:
             if gone:
                 print("training.run: the supervising worker is gone; stopping", flush=True)
                 os._exit(3)
-            TrainingRun.objects.filter(pk=run.pk).update(step=state.global_step,
-                                                         max_steps=state.max_steps)
 
         def on_log(self, arguments, state, control, logs=None, **kwargs):
             if not main_process:

@@ -124,7 +124,7 @@ def test_the_project_pages_link_to_the_runs(project, inputs, client, alice):
 def test_the_list_shows_progress_and_the_latest_loss_and_polls_while_active(
         project, inputs, client, erin):
     run = _run(project, inputs)
-    TrainingRun.objects.filter(pk=run.pk).update(step=3, max_steps=10)
+    Job.objects.filter(pk=run.job_id).update(progress=3, total=10)
     log_metrics(run, [{"step": 1, "loss": 2.5}, {"step": 2, "loss": 1.25},
                       {"step": 2, "eval_loss": 1.5}])
     client.force_login(erin)
@@ -143,7 +143,8 @@ def test_the_list_shows_progress_and_the_latest_loss_and_polls_while_active(
     assert "HX-Request" in fragment["Vary"]
 
     output = _model(project, "sft-run-1", kind="sft", parent=inputs.base)
-    TrainingRun.objects.filter(pk=run.pk).update(output_model=output, step=10)
+    TrainingRun.objects.filter(pk=run.pk).update(output_model=output)
+    Job.objects.filter(pk=run.job_id).update(progress=10)
     _finish(run)
     page = client.get(url).content.decode()
     assert POLLING not in page
@@ -298,7 +299,7 @@ def test_the_run_page_draws_the_charts_of_a_reward_run(project, inputs, client, 
     metrics[9] |= {"eval_loss": 0.8, "eval_accuracy": 0.625}
     metrics[19] |= {"eval_loss": 0.7, "eval_accuracy": 0.75}
     log_metrics(run, metrics)
-    TrainingRun.objects.filter(pk=run.pk).update(step=30, max_steps=60)
+    Job.objects.filter(pk=run.job_id).update(progress=30, total=60)
     client.force_login(alice)
     page = client.get(f"/runs/{run.pk}/").content.decode()
     loss = page[page.index('id="loss-chart"'):page.index('id="accuracy-chart"')]

@@ -138,7 +138,7 @@ def test_the_detail_shows_progress_metrics_and_the_log_tail(project, base, demon
     metrics = [{"step": 1, "loss": 2.5}, {"step": 2, "loss": 2.1, "eval_loss": 2.3}]
     log_metrics(run, metrics)
     TrainingRun.objects.filter(pk=run.pk).update(
-        step=2, max_steps=4, last_checkpoint="/ckpt/checkpoint-2",
+        last_checkpoint="/ckpt/checkpoint-2",
         provenance={"seed": 0})
     Job.objects.filter(pk=run.job_id).update(status=Job.Status.RUNNING, progress=2, total=4,
                                              attempts=1, log="x" * 5000 + "step 2\n")

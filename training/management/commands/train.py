@@ -186,8 +186,8 @@ class Command(BaseCommand):
                     else:  # following another worker's run
                         time.sleep(POLL_SECONDS)
                     state = (TrainingRun.objects.select_related("job")
-                             .only("step", "max_steps", "latest", "job__status",
-                                   "job__lease_owner").get(pk=run.pk))
+                             .only("latest", "job__status", "job__progress",
+                                   "job__total", "job__lease_owner").get(pk=run.pk))
                     self._show(bar, state)
                     if thread.is_alive():
                         continue
