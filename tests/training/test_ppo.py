@@ -141,8 +141,10 @@ def test_the_reward_model_score_less_its_bias_is_the_reward(tiny_model, tmp_path
                  value_model_path=None, ptx_data_path=str(ptx), max_steps=2)
     trainer = PPOTrainer(cfg, PROMPTS, callbacks=[_Recorder(logs)])
     assert trainer.reward_bias == 100.0
-    trainer.train()
     # The value model starts from the reward model.
+    start = trainer.accelerator.unwrap_model(trainer.value).model.state_dict()
+    assert all(torch.equal(v, reward_model.state_dict()[k]) for k, v in start.items())
+    trainer.train()
     assert all(-110 < entry["reward_mean"] < -90 for entry in logs), logs
     assert all(entry["ptx_loss"] > 0 for entry in logs)
 
